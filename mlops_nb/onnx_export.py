@@ -1,0 +1,108 @@
+"""Torch -> ONNX export with a measured parity check, int8 dynamic quantization, and ONNX Runtime sessions."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from mlops_nb.products import atomic_path
+
+__all__ = ["ParityError", "export_onnx", "check_parity", "quantize_int8", "ort_session", "onnx_predict", "max_abs_diff",
+           "providers_for", "INPUT_NAME", "OUTPUT_NAME"]
+
+INPUT_NAME, OUTPUT_NAME = "features", "probabilities"
+
+
+class ParityError(AssertionError):
+    """ONNX Runtime and torch disagree by more than the tolerance set in settings.ini."""
+
+
+def _probability_model(model):
+    import torch
+
+    class ProbabilityModel(torch.nn.Module):
+        """The classifier followed by softmax: the graph returns class probabilities."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return torch.softmax(self.inner(x), dim=1)
+
+    return ProbabilityModel(model).eval()
+
+
+def export_onnx(model, n_features: int, path: Path | str, *, opset: int = 18) -> Path:
+    """Export `model` (logits) as an ONNX graph `features[batch, n] -> probabilities[batch, classes]`."""
+    import onnx
+    import torch
+
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        torch.onnx.export(_probability_model(model), (torch.zeros(2, n_features),), str(tmp), dynamo=True,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
+        onnx.checker.check_model(str(tmp))
+    return Path(path)
+
+
+def quantize_int8(source: Path | str, path: Path | str) -> Path:
+    """Dynamic int8 quantization of the weights (activations stay float)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.disable(logging.WARNING)  # its "consider pre-processing" advice goes to the root logger
+    try:
+        with atomic_path(path) as tmp:
+            quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
+    return Path(path)
+
+
+def providers_for(device: str = "auto") -> list[str]:
+    """ONNX Runtime providers for a device setting: CUDA first when asked for (or `auto` and available)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
+        raise RuntimeError("[serving] device = cuda, but this onnxruntime has no CUDAExecutionProvider "
+                           f"(available: {available}); install onnxruntime-gpu or set device = auto")
+    if device in ("cuda", "auto") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def ort_session(path: Path | str, device: str = "cpu", *, threads: int | None = None):
+    """An ONNX Runtime session on the providers `providers_for(device)` picks."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers_for(device))
+
+
+def onnx_predict(session, features: np.ndarray) -> np.ndarray:
+    """Class probabilities from an ONNX Runtime session for standardized float32 features."""
+    return session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(features, dtype=np.float32)})[0]
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest absolute element-wise difference between two equally shaped arrays."""
+    if a.shape != b.shape:
+        raise ParityError(f"output shapes differ: {a.shape} vs {b.shape}")
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+
+
+def check_parity(reference: np.ndarray, candidate: np.ndarray, *, tolerance: float, what: str = "ONNX") -> float:
+    """Max |candidate - reference|; raise `ParityError` with the figure when it exceeds `tolerance`."""
+    diff = max_abs_diff(reference, candidate)
+    if diff > tolerance:
+        raise ParityError(f"{what} parity failed: max abs difference {diff:.3g} > tolerance {tolerance:.3g} "
+                          "([export] parity_tolerance in settings.ini)")
+    return diff

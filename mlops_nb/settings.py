@@ -1,0 +1,205 @@
+"""The one typed loader for `settings.ini`: validated at load, overridable by environment variables."""
+
+from __future__ import annotations
+
+import configparser
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = ["Settings", "SettingsError", "load_settings", "find_project_root", "ENV_PREFIX"]
+
+ENV_PREFIX = "MLOPS_NB_"
+SETTINGS_FILE = "settings.ini"
+
+
+class SettingsError(ValueError):
+    """A setting is missing, unknown or has a value outside what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSettings(_Section):
+    source: str = "digits"
+    target: str = "target"
+    feature_min: float = 0.0
+    feature_max: float = 16.0
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    min_class_fraction: float = Field(0.05, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _range_is_ordered(self):
+        if self.feature_min >= self.feature_max:
+            raise ValueError("feature_min must be smaller than feature_max")
+        return self
+
+
+class TrainingSettings(_Section):
+    seed: int = Field(42, ge=0)
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(0.002, gt=0, le=1)
+    weight_decay: float = Field(0.0001, ge=0)
+    hidden_sizes: tuple[int, ...] = (128, 64)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    torch_threads: int = Field(1, ge=1)
+
+    @field_validator("hidden_sizes", mode="before")
+    @classmethod
+    def _split_sizes(cls, value):
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+                raise ValueError("expected comma-separated positive integers, e.g. 128,64")
+            return tuple(int(p) for p in parts)
+        return value
+
+
+class PathsSettings(_Section):
+    products: Path = Path("products")
+
+
+class TrackingSettings(_Section):
+    uri: str = "sqlite:///mlruns.db"
+    artifact_root: Path = Path("mlartifacts")
+    experiment: str = Field("digits", min_length=1)
+
+
+class RegistrySettings(_Section):
+    model_name: str = Field("digits-classifier", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class GatesSettings(_Section):
+    min_accuracy: float = Field(0.95, ge=0, le=1)
+    max_regression: float = Field(0.005, ge=0, le=1)
+
+
+class ExportSettings(_Section):
+    opset: int = Field(18, ge=13, le=23)
+    parity_tolerance: float = Field(1e-4, gt=0)
+    int8_max_accuracy_drop: float = Field(0.002, ge=0, le=1)
+
+
+class ServingSettings(_Section):
+    service_name: str = Field("digits_service", pattern=r"^[a-z][a-z0-9_]*$")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpus: int = Field(0, ge=0)
+    max_rows_per_request: int = Field(1024, ge=1)
+    max_batch_size: int = Field(256, ge=1)
+    max_latency_ms: int = Field(200, ge=1)
+    workers: int = Field(1, ge=1)
+    timeout_s: int = Field(30, ge=1)
+    bentoml_home: Path = Path(".bentoml")
+
+
+class MonitoringSettings(_Section):
+    log_predictions: bool = True
+    prediction_log: Path = Path("logs/predictions.jsonl")
+    drift_psi_threshold: float = Field(0.2, gt=0)
+
+
+class Settings(_Section):
+    """All project settings; `root` is the folder holding settings.ini, and relative paths resolve against it."""
+
+    root: Path
+    data: DataSettings = DataSettings()
+    training: TrainingSettings = TrainingSettings()
+    paths: PathsSettings = PathsSettings()
+    tracking: TrackingSettings = TrackingSettings()
+    registry: RegistrySettings = RegistrySettings()
+    gates: GatesSettings = GatesSettings()
+    export: ExportSettings = ExportSettings()
+    serving: ServingSettings = ServingSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def path(self, value: Path | str) -> Path:
+        """Resolve a path setting against the project root."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def products_dir(self) -> Path:
+        return self.path(self.paths.products)
+
+    @property
+    def tracking_uri(self) -> str:
+        """The tracking URI with a relative sqlite path made absolute (so notebooks and servers agree)."""
+        prefix = "sqlite:///"
+        if self.tracking.uri.startswith(prefix) and not self.tracking.uri.startswith(prefix + "/"):
+            return prefix + str(self.path(self.tracking.uri[len(prefix):]))
+        return self.tracking.uri
+
+    @property
+    def data_source(self) -> str:
+        """`digits`, or the data file as an absolute path."""
+        return self.data.source if self.data.source == "digits" else str(self.path(self.data.source))
+
+
+def find_project_root(start: Path | str | None = None) -> Path:
+    """The nearest folder at or above `start` (default: cwd) that holds settings.ini, or $MLOPS_NB_ROOT."""
+    if os.environ.get(ENV_PREFIX + "ROOT"):
+        return Path(os.environ[ENV_PREFIX + "ROOT"]).resolve()
+    here = Path(start or Path.cwd()).resolve()
+    for folder in [here, *here.parents]:
+        if (folder / SETTINGS_FILE).is_file():
+            return folder
+    raise SettingsError(f"no {SETTINGS_FILE} found in {here} or any parent folder; run from inside the project "
+                        f"or set {ENV_PREFIX}ROOT")
+
+
+def _read_ini(path: Path) -> dict[str, dict[str, str]]:
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";",))
+    try:
+        parser.read_string(path.read_text(), source=str(path))
+    except configparser.Error as e:
+        raise SettingsError(f"{path}: not a valid INI file: {e}") from e
+    return {section: dict(parser[section]) for section in parser.sections()}
+
+
+def _apply_env(raw: dict[str, dict[str, str]], environ) -> dict[str, dict[str, str]]:
+    sections = set(Settings.model_fields) - {"root"}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "ROOT":
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
+        if section not in sections or not key:
+            raise SettingsError(f"environment variable {name}: expected {ENV_PREFIX}<SECTION>_<KEY> with SECTION "
+                                f"one of {sorted(sections)}")
+        raw.setdefault(section, {})[key] = value
+    return raw
+
+
+def _explain(error: ValidationError, source: Path) -> str:
+    lines = []
+    for e in error.errors():
+        loc = [str(p) for p in e["loc"]]
+        where = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else f"[{loc[0]}]" if loc else "(file)"
+        msg = e["msg"].replace("Value error, ", "")
+        if e["type"] == "extra_forbidden":
+            section = Settings.model_fields.get(loc[0])
+            known = sorted(section.annotation.model_fields) if len(loc) > 1 and section else \
+                sorted(set(Settings.model_fields) - {"root"})
+            msg = f"unknown key; allowed keys: {', '.join(known)}"
+        given = f" = {e['input']!r}" if e["type"] != "extra_forbidden" and not isinstance(e["input"], dict) else ""
+        lines.append(f"{source}: {where}{given}: {msg}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def load_settings(root: Path | str | None = None, *, environ=None) -> Settings:
+    """Load and validate settings.ini from the project `root` (found from cwd when None), plus env overrides."""
+    root = Path(root).resolve() if root else find_project_root()
+    path = root / SETTINGS_FILE
+    if not path.is_file():
+        raise SettingsError(f"{path} does not exist")
+    raw = _apply_env(_read_ini(path), os.environ if environ is None else environ)
+    try:
+        return Settings(root=root, **raw)
+    except ValidationError as e:
+        raise SettingsError(_explain(e, path)) from None

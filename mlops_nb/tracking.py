@@ -1,0 +1,87 @@
+"""Thin adapter around MLflow tracking: experiment set-up, run provenance, and logging executed notebooks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from mlops_nb.settings import Settings, load_settings
+
+__all__ = ["connect", "start_training_run", "resume_run", "log_notebooks", "provenance", "KEY_PACKAGES"]
+
+KEY_PACKAGES = ("torch", "numpy", "pandas", "scikit-learn", "onnx", "onnxruntime", "mlflow", "bentoml",
+                "ploomber", "papermill")
+
+
+def connect(settings: Settings | None = None):
+    """Point MLflow at the project's tracking store and experiment; return an `MlflowClient`."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    settings = settings or load_settings()
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    client = mlflow.MlflowClient()
+    name = settings.tracking.experiment
+    if client.get_experiment_by_name(name) is None:
+        location = settings.path(settings.tracking.artifact_root) / name
+        client.create_experiment(name, artifact_location=location.as_uri())
+    mlflow.set_experiment(name)
+    return client
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def provenance(root: Path) -> dict[str, str]:
+    """Git commit and dirtiness of the project, Python and key package versions, as MLflow tags."""
+    commit = _git(root, "rev-parse", "HEAD")
+    status = _git(root, "status", "--porcelain") if commit else None
+    tags = {
+        "mlops_nb.git_commit": commit or "unknown (not a git checkout)",
+        "mlops_nb.git_dirty": "unknown" if status is None else str(bool(status)).lower(),
+        "mlops_nb.python": platform.python_version(),
+        "mlops_nb.platform": platform.platform(),
+    }
+    for package in KEY_PACKAGES:
+        try:
+            tags[f"mlops_nb.version.{package}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            tags[f"mlops_nb.version.{package}"] = "not installed"
+    return tags
+
+
+def start_training_run(*, params: dict, data_hash: str, seed: int, settings: Settings | None = None) -> str:
+    """Open the run that will hold one trained model: params, seed, data hash and provenance; returns its id."""
+    import mlflow
+
+    settings = settings or load_settings()
+    connect(settings)
+    tags = {**provenance(settings.root), "mlops_nb.data_sha256": data_hash, "mlops_nb.seed": str(seed)}
+    with mlflow.start_run(tags=tags) as run:
+        mlflow.log_params({**params, "seed": seed, "data_sha256": data_hash})
+        return run.info.run_id
+
+
+def resume_run(run_id: str, settings: Settings | None = None):
+    """Re-open an existing run (a later task logging into the training run); use as a context manager."""
+    import mlflow
+
+    connect(settings)
+    return mlflow.start_run(run_id=run_id)
+
+
+def log_notebooks(run_id: str, paths, settings: Settings | None = None) -> None:
+    """Attach executed notebooks to the run under `notebooks/`."""
+    client = connect(settings)
+    for path in paths:
+        client.log_artifact(run_id, str(path), artifact_path="notebooks")

@@ -1,0 +1,122 @@
+"""The whole DAG, run for real (papermill kernels, sqlite MLflow, BentoML) on a copy of the project."""
+
+import json
+import subprocess
+
+import nbformat
+import pandas as pd
+import torch
+from conftest import FAST_EPOCHS, copy_project, ran_tasks, run_build
+
+from mlops_nb.products import read_json
+from mlops_nb.registry import champion
+from mlops_nb.research.data import load_source
+from mlops_nb.settings import load_settings
+from mlops_nb.tracking import connect
+
+TASK_PRODUCTS = {
+    "snapshot": ["01_snapshot.ipynb", "snapshot/manifest.json", "snapshot/split.json"],
+    "validate": ["02_validate.ipynb", "validate/report.json"],
+    "train": ["03_train.ipynb", "train/model.pt", "train/run.json"],
+    "evaluate": ["04_evaluate.ipynb", "evaluate/metrics.json", "evaluate/confusion_matrix.png"],
+    "export": ["05_export_onnx.ipynb", "export/model.onnx", "export/model.int8.onnx", "export/export.json"],
+    "register": ["06_register.ipynb", "register/registration.json"],
+    "bento": ["07_bento.ipynb", "bento/bento.json"],
+}
+
+
+def test_build_writes_every_product_and_a_promoted_model(built_project):
+    products = built_project / "products"
+    for files in TASK_PRODUCTS.values():
+        for name in files:
+            assert (products / name).is_file(), name
+    assert not list(products.glob("*.failed.ipynb"))
+    manifest = read_json(products / "snapshot/manifest.json")
+    assert (products / "snapshots" / f"{manifest['sha256']}.parquet").is_file()
+    metrics = read_json(products / "evaluate/metrics.json")
+    assert metrics["test_accuracy"] >= 0.95 and metrics["test_rows"] == 270
+    registration = read_json(products / "register/registration.json")
+    assert registration["promoted"] is True
+    settings = load_settings(built_project, environ={})
+    assert str(champion(settings.registry.model_name, settings).version) == str(registration["version"])
+
+
+def test_mlflow_run_records_params_metrics_provenance_and_notebooks(built_project):
+    settings = load_settings(built_project, environ={})
+    client = connect(settings)
+    products = built_project / "products"
+    run = client.get_run(read_json(products / "train/run.json")["run_id"])
+    manifest = read_json(products / "snapshot/manifest.json")
+    assert run.data.params["epochs"] == str(FAST_EPOCHS) and run.data.params["seed"] == "42"
+    assert run.data.params["data_sha256"] == manifest["sha256"] == run.data.tags["mlops_nb.data_sha256"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=built_project, capture_output=True, text=True).stdout
+    assert run.data.tags["mlops_nb.git_commit"] == head.strip()
+    assert run.data.tags["mlops_nb.git_dirty"] == "false"
+    assert run.data.tags["mlops_nb.version.torch"] == torch.__version__
+    assert run.data.tags["mlops_nb.python"].count(".") == 2
+    assert run.data.tags["mlops_nb.weights_sha256"] == read_json(products / "train/run.json")["weights_sha256"]
+    assert run.data.metrics["test_accuracy"] == read_json(products / "evaluate/metrics.json")["test_accuracy"]
+    assert run.data.metrics["onnx_parity_max_abs_diff"] <= settings.export.parity_tolerance
+    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == FAST_EPOCHS
+    notebooks = {f.path for f in client.list_artifacts(run.info.run_id, "notebooks")}
+    assert notebooks == {f"notebooks/{files[0]}" for files in TASK_PRODUCTS.values()}
+    other = {f.path for f in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert "evaluation/confusion_matrix.png" in other
+
+
+def test_no_op_build_then_a_changed_notebook_reruns_only_itself_and_what_depends_on_it(built_project):
+    assert ran_tasks(run_build(built_project, "--epochs", str(FAST_EPOCHS))) == set()
+    path = built_project / "notebooks/04_evaluate.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("print('a new look at the test split')"))
+    nbformat.write(nb, path)
+    assert ran_tasks(run_build(built_project, "--epochs", str(FAST_EPOCHS))) == {
+        "evaluate", "register", "bento", "record"}
+    assert ran_tasks(run_build(built_project, "--epochs", str(FAST_EPOCHS))) == set()
+
+
+def test_a_forced_rebuild_reproduces_weights_and_metrics_bit_for_bit(built_project):
+    products = built_project / "products"
+    first = read_json(products / "train/run.json"), read_json(products / "evaluate/metrics.json")
+    run_build(built_project, "--epochs", str(FAST_EPOCHS), "--force", "--partially", "evaluate")
+    second = read_json(products / "train/run.json"), read_json(products / "evaluate/metrics.json")
+    assert second[0]["run_id"] != first[0]["run_id"]
+    assert second[0]["weights_sha256"] == first[0]["weights_sha256"]
+    assert second[0]["history"] == first[0]["history"]
+    assert {k: v for k, v in second[1].items() if k != "run_id"} == {k: v for k, v in first[1].items() if k != "run_id"}
+
+
+def test_changing_a_training_setting_reruns_training(built_project):
+    result = run_build(built_project, "--epochs", str(FAST_EPOCHS + 1), "--partially", "train")
+    assert ran_tasks(result) == {"train"}
+    assert read_json(built_project / "products/train/run.json")["history"][-1]["epoch"] == FAST_EPOCHS + 1
+
+
+def test_failed_task_leaves_nothing_that_looks_finished(tmp_path):
+    root = copy_project(tmp_path / "project", commit=False)
+    settings = root / "settings.ini"
+    settings.write_text(settings.read_text().replace("source = digits", "source = data/table.csv"))
+    (root / "data").mkdir()
+    table = load_source("digits")
+    table.to_csv(root / "data/table.csv", index=False)
+    run_build(root, "--partially", "validate")
+    report = root / "products/validate/report.json"
+    assert report.is_file()
+
+    table.loc[5, "pixel_2_2"] = 99.0  # out of range: validation must stop the DAG
+    table.to_csv(root / "data/table.csv", index=False)
+    result = run_build(root, "--partially", "validate", check=False)
+    assert result.returncode != 0
+    assert "values outside [0.0, 16.0]" in result.stdout + result.stderr
+    assert not report.exists() and not (root / "products/validate/.report.json.metadata").exists()
+    assert not (root / "products/02_validate.ipynb").exists()
+    failed = nbformat.read(root / "products/02_validate.failed.ipynb", as_version=4)
+    errors = [o for c in failed.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert errors[0].ename == "DataValidationError"
+    snapshot = read_json(root / "products/snapshot/manifest.json")
+    assert pd.read_parquet(snapshot["path"]).loc[5, "pixel_2_2"] == 99.0  # the new snapshot is what failed
+
+    table.loc[5, "pixel_2_2"] = 3.0
+    table.to_csv(root / "data/table.csv", index=False)
+    assert ran_tasks(run_build(root, "--partially", "validate")) == {"snapshot", "validate"}
+    assert json.loads(report.read_text())["rows"] == 1797

@@ -1,0 +1,74 @@
+"""Quality gates and aliases against a real MLflow registry (sqlite, in a temp folder)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mlops_nb.onnx_export import export_onnx
+from mlops_nb.registry import CHALLENGER, CHAMPION, apply_gates, champion, evaluate_gates, register_onnx
+from mlops_nb.research.model import MLP
+from mlops_nb.settings import load_settings
+from mlops_nb.tracking import connect, start_training_run
+
+
+@pytest.mark.parametrize("accuracy, champion_accuracy, passed, failed_gate", [
+    (0.97, None, True, None),
+    (0.94, None, False, "min_accuracy"),
+    (0.97, 0.975, True, None),       # within the allowed regression
+    (0.96, 0.975, False, "max_regression"),
+    (0.99, 0.975, True, None),
+])
+def test_gates(accuracy, champion_accuracy, passed, failed_gate):
+    result = evaluate_gates(accuracy, champion_accuracy, min_accuracy=0.95, max_regression=0.01)
+    assert result.passed is passed
+    assert [c["gate"] for c in result.checks if not c["passed"]] == ([failed_gate] if failed_gate else [])
+    assert (result.reason == "all gates passed") is passed
+
+
+@pytest.fixture
+def registry(tmp_path):
+    (tmp_path / "settings.ini").write_text("[registry]\nmodel_name = gate-test\n")
+    settings = load_settings(tmp_path, environ={})
+    torch.manual_seed(0)
+    onnx_path = export_onnx(MLP(4, 3, (8,), 0.0).eval(), 4, tmp_path / "m.onnx")
+    return settings, onnx_path
+
+
+def register(settings, onnx_path, accuracy):
+    run_id = start_training_run(params={"lr": 0.1}, data_hash="abc", seed=1, settings=settings)
+    version = register_onnx(run_id=run_id, onnx_path=onnx_path, input_example=np.zeros((2, 4)),
+                            model_name="gate-test", extra={"preprocessing.json": {"mean": [0] * 4}},
+                            tags={"mlops_nb.test_accuracy": str(accuracy)}, settings=settings)
+    result = apply_gates("gate-test", version.version, accuracy, min_accuracy=0.9, max_regression=0.01,
+                         settings=settings)
+    return version.version, result
+
+
+def test_failed_gate_keeps_the_old_champion_and_says_why(registry):
+    settings, onnx_path = registry
+    v1, first = register(settings, onnx_path, 0.95)
+    v2, second = register(settings, onnx_path, 0.91)  # passes the floor, regresses by 0.04 > 0.01
+    client = connect(settings)
+    assert first.passed and not second.passed
+    assert champion("gate-test", settings).version == v1
+    assert client.get_model_version_by_alias("gate-test", CHALLENGER).version == v2
+    tags = client.get_model_version("gate-test", v2).tags
+    assert tags["mlops_nb.gates_passed"] == "False" and tags["mlops_nb.champion_before"] == str(v1)
+    assert "champion 0.9500 - max_regression 0.01" in tags["mlops_nb.gates_reason"]
+    assert json.loads(tags["mlops_nb.gates"])["passed"] is False
+    v3, third = register(settings, onnx_path, 0.96)
+    assert third.passed and client.get_model_version_by_alias("gate-test", CHAMPION).version == v3
+
+
+def test_registered_model_carries_signature_example_and_extra_files(registry, tmp_path):
+    import mlflow
+
+    settings, onnx_path = registry
+    version, _ = register(settings, onnx_path, 0.95)
+    info = mlflow.models.get_model_info(f"models:/gate-test/{version}")
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 4]
+    local = mlflow.artifacts.download_artifacts(f"models:/gate-test/{version}", dst_path=str(tmp_path / "dl"))
+    assert json.loads((tmp_path / "dl" / "extra_files" / "preprocessing.json").read_text()) == {"mean": [0] * 4}
+    assert (tmp_path / "dl" / "input_example.json").exists() and local

@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+
+from mlops_nb.settings import SettingsError, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "settings.ini").write_text(text)
+    return tmp_path
+
+
+def test_project_settings_load_with_defaults_that_work():
+    s = load_settings(REPO, environ={})
+    assert s.data.source == "digits" and s.training.hidden_sizes == (128, 64)
+    assert s.tracking_uri == f"sqlite:///{REPO / 'mlruns.db'}"
+    assert s.products_dir == REPO / "products"
+
+
+def test_empty_file_gives_all_defaults(tmp_path):
+    s = load_settings(write(tmp_path, ""), environ={})
+    assert s.training.seed == 42 and s.serving.device == "auto"
+
+
+def test_environment_overrides_a_key(tmp_path):
+    s = load_settings(write(tmp_path, "[training]\nepochs = 5\n"), environ={"MLOPS_NB_TRAINING_EPOCHS": "2"})
+    assert s.training.epochs == 2
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[training]\nepochs = abc\n", "[training] epochs = 'abc': Input should be a valid integer"),
+    ("[training]\nepochs = 0\n", "[training] epochs = '0': Input should be greater than or equal to 1"),
+    ("[serving]\ndevice = tpu\n", "[serving] device = 'tpu': Input should be 'auto', 'cpu' or 'cuda'"),
+    ("[training]\nhidden_sizes = 128,x\n", "[training] hidden_sizes = '128,x': expected comma-separated positive"),
+    ("[training]\nepoch = 3\n", "[training] epoch: unknown key; allowed keys: batch_size, dropout, epochs"),
+    ("[trainig]\nepochs = 3\n", "[trainig]: unknown key; allowed keys: data, export, gates"),
+    ("[data]\nfeature_min = 5\nfeature_max = 1\n", "[data]: feature_min must be smaller than feature_max"),
+    ("[registry]\nmodel_name = has space\n", "[registry] model_name = 'has space': String should match pattern"),
+    ("[monitoring]\nlog_predictions = maybe\n", "[monitoring] log_predictions = 'maybe': Input should be a valid boolean"),
+])
+def test_bad_values_are_rejected_naming_section_key_and_allowed_values(tmp_path, text, expected):
+    with pytest.raises(SettingsError) as error:
+        load_settings(write(tmp_path, text), environ={})
+    assert expected in str(error.value)
+    assert str(tmp_path / "settings.ini") in str(error.value)
+
+
+def test_bad_environment_override_is_rejected(tmp_path):
+    with pytest.raises(SettingsError, match=r"\[gates\] min_accuracy = '2': Input should be less than or equal to 1"):
+        load_settings(write(tmp_path, ""), environ={"MLOPS_NB_GATES_MIN_ACCURACY": "2"})
+    with pytest.raises(SettingsError, match="MLOPS_NB_NOSECTION: expected MLOPS_NB_<SECTION>_<KEY>"):
+        load_settings(write(tmp_path, ""), environ={"MLOPS_NB_NOSECTION": "1"})
+
+
+def test_missing_settings_file_and_broken_ini_are_clear(tmp_path):
+    with pytest.raises(SettingsError, match="settings.ini does not exist"):
+        load_settings(tmp_path, environ={})
+    with pytest.raises(SettingsError, match="not a valid INI file"):
+        load_settings(write(tmp_path, "epochs = 3\n"), environ={})
+
+
+def test_relative_paths_resolve_against_the_project_root(tmp_path):
+    s = load_settings(write(tmp_path, "[data]\nsource = data/x.csv\n[tracking]\nuri = sqlite:///db/m.db\n"),
+                      environ={})
+    assert s.data_source == str(tmp_path / "data/x.csv")
+    assert s.tracking_uri == f"sqlite:///{tmp_path / 'db/m.db'}"
