@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +18,11 @@ BIN = Path(sys.executable).parent
 FAST_EPOCHS = 12  # enough for the digits MLP to pass the 0.95 gate, in a few seconds
 
 
-def project_env(root: Path) -> dict[str, str]:
-    """Environment for a subprocess working on the project copy at `root` (its own stores, no overrides)."""
+def project_env(root: Path, **overrides: str) -> dict[str, str]:
+    """Environment for a subprocess working on the project copy at `root`: its own stores, only `overrides`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_NB_")}
-    return {**env, **TELEMETRY_OFF, "BENTOML_HOME": str(root / ".bentoml"), "PATH": f"{BIN}:{env['PATH']}"}
+    return {**env, **TELEMETRY_OFF, "BENTOML_HOME": str(root / ".bentoml"), "PATH": f"{BIN}:{env['PATH']}",
+            **overrides}
 
 
 def copy_project(dest: Path, *, commit: bool = True) -> Path:
@@ -42,10 +42,11 @@ def copy_project(dest: Path, *, commit: bool = True) -> Path:
     return dest
 
 
-def run_build(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_build(root: Path, *args: str, check: bool = True, **overrides: str) -> subprocess.CompletedProcess:
     """`ploomber build -e mlops_nb.pipeline.make_dag ARGS` in the project copy at `root`."""
     result = subprocess.run([str(BIN / "ploomber"), "build", "-e", "mlops_nb.pipeline.make_dag", *args],
-                            cwd=root, env=project_env(root), capture_output=True, text=True, timeout=900)
+                            cwd=root, env=project_env(root, **overrides), capture_output=True, text=True,
+                            timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(f"build failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
@@ -63,11 +64,3 @@ def built_project(tmp_path_factory) -> Path:
     root = copy_project(tmp_path_factory.mktemp("project"))
     run_build(root, "--epochs", str(FAST_EPOCHS))
     return root
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-

@@ -86,6 +86,22 @@ def test_a_forced_rebuild_reproduces_weights_and_metrics_bit_for_bit(built_proje
     assert {k: v for k, v in second[1].items() if k != "run_id"} == {k: v for k, v in first[1].items() if k != "run_id"}
 
 
+def test_a_model_failing_its_gates_is_registered_but_the_old_champion_keeps_serving(built_project):
+    settings = load_settings(built_project, environ={})
+    before = champion(settings.registry.model_name, settings)
+    result = run_build(built_project, "--epochs", str(FAST_EPOCHS), MLOPS_NB_GATES_MIN_ACCURACY="0.999")
+    assert ran_tasks(result) == {"register", "bento", "record"}  # a gate threshold is a param of register
+    registration = read_json(built_project / "products/register/registration.json")
+    assert registration["promoted"] is False and "< min_accuracy 0.999" in registration["reason"]
+    assert champion(settings.registry.model_name, settings).version == before.version != registration["version"]
+    client = connect(settings)
+    assert client.get_model_version_by_alias(settings.registry.model_name, "challenger").version == \
+        registration["version"]
+    assert read_json(built_project / "products/bento/bento.json")["model_version"] == str(before.version)
+    executed = nbformat.read(built_project / "products/06_register.ipynb", as_version=4)
+    assert "FAIL test accuracy" in str(executed.cells)
+
+
 def test_changing_a_training_setting_reruns_training(built_project):
     result = run_build(built_project, "--epochs", str(FAST_EPOCHS + 1), "--partially", "train")
     assert ran_tasks(result) == {"train"}

@@ -1,17 +1,15 @@
 """The built bento served for real (`bentoml serve` subprocess on 127.0.0.1), against the registry and ONNX Runtime."""
 
 import json
-import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import BIN, free_port, project_env
+from conftest import BIN, project_env
 
+from mlops_nb.bento import served
 from mlops_nb.onnx_export import onnx_predict, ort_session
 from mlops_nb.products import read_json
 from mlops_nb.registry import champion
@@ -20,37 +18,13 @@ from mlops_nb.research.model import Standardizer, load_model
 from mlops_nb.settings import load_settings
 
 
-def wait_ready(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready after {timeout}s")
-
-
 @pytest.fixture(scope="module")
 def server(built_project, tmp_path_factory):
     """`bentoml serve <bento tag>` from the build's bento, on a free loopback port; stopped afterwards."""
-    port = free_port()
     bento = read_json(built_project / "products/bento/bento.json")["bento_tag"]
-    log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
-    process = subprocess.Popen([str(BIN / "bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)],
-                               cwd=built_project, env=project_env(built_project), stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process)
-        yield url, Path(log.name)
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
-        log.close()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with served(bento, cwd=built_project, env=project_env(built_project), log=log) as url:
+        yield url, log
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +127,13 @@ def test_non_finite_and_malformed_json_get_a_4xx(server, raw, expected):
     response = httpx.post(f"{url}/predict", content=raw, headers={"content-type": "application/json"}, timeout=30)
     assert 400 <= response.status_code < 500, response.text
     assert expected in response.text
+
+
+def test_bentoml_serve_from_the_project_folder_serves_the_same_champion(built_project, test_split):
+    features, labels = test_split
+    with served("", cwd=built_project, env=project_env(built_project)) as url:
+        meta = httpx.get(f"{url}/model/metadata", timeout=10).json()
+        body = httpx.post(f"{url}/predict", json={"instances": features[:20].tolist()}, timeout=30).json()
+    settings = load_settings(built_project, environ={})
+    assert meta["model_version"] == str(champion(settings.registry.model_name, settings).version)
+    assert sum(p["label"] == y for p, y in zip(body["predictions"], labels[:20])) >= 18
