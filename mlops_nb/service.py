@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -96,17 +97,30 @@ class DigitsService:
         info = json.loads(Path(self.model.path_of("preprocessing.json")).read_text())
         self.standardizer = Standardizer.from_dict(info)
         self.meta = dict(self.model.info.metadata)
+        self.log = None
+        if SETTINGS.monitoring.log_predictions:
+            from mlops_nb.monitoring import PredictionLog
+
+            self.log = PredictionLog(SETTINGS.path(SETTINGS.monitoring.prediction_log))
+            logger.info("logging predictions to %s", self.log.path)
         logger.info("serving %s version %s (data %s)", self.meta.get("model_name"), self.meta.get("model_version"),
                     self.meta.get("data_sha256"))
 
     @bentoml.api
     async def predict(self, instances: Rows) -> PredictResponse:
         """Classify each row of raw feature values."""
+        start = time.perf_counter()
         rows = check_width(instances, self.standardizer.n_features)
         probabilities = await self.onnx.to_async.predict_proba(self.standardizer.transform(rows))
+        version = str(self.meta.get("model_version"))
+        labels = probabilities.argmax(axis=1).tolist()
+        if self.log:
+            self.log.write(model_version=version, instances=instances, labels=labels,
+                           confidence=probabilities.max(axis=1).round(6).tolist(),
+                           latency_ms=(time.perf_counter() - start) * 1000)
         return PredictResponse(
-            predictions=[Prediction(label=int(p.argmax()), probabilities=p.tolist()) for p in probabilities],
-            model_name=str(self.meta.get("model_name")), model_version=str(self.meta.get("model_version")))
+            predictions=[Prediction(label=label, probabilities=p.tolist()) for label, p in zip(labels, probabilities)],
+            model_name=str(self.meta.get("model_name")), model_version=version)
 
     @info_app.get("/metadata")
     async def metadata(self) -> dict:

@@ -100,7 +100,6 @@ class ServingSettings(_Section):
 class MonitoringSettings(_Section):
     log_predictions: bool = True
     prediction_log: Path = Path("logs/predictions.jsonl")
-    drift_psi_threshold: float = Field(0.2, gt=0)
 
 
 class Settings(_Section):

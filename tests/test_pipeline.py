@@ -75,17 +75,6 @@ def test_no_op_build_then_a_changed_notebook_reruns_only_itself_and_what_depends
     assert ran_tasks(run_build(built_project, "--epochs", str(FAST_EPOCHS))) == set()
 
 
-def test_a_forced_rebuild_reproduces_weights_and_metrics_bit_for_bit(built_project):
-    products = built_project / "products"
-    first = read_json(products / "train/run.json"), read_json(products / "evaluate/metrics.json")
-    run_build(built_project, "--epochs", str(FAST_EPOCHS), "--force", "--partially", "evaluate")
-    second = read_json(products / "train/run.json"), read_json(products / "evaluate/metrics.json")
-    assert second[0]["run_id"] != first[0]["run_id"]
-    assert second[0]["weights_sha256"] == first[0]["weights_sha256"]
-    assert second[0]["history"] == first[0]["history"]
-    assert {k: v for k, v in second[1].items() if k != "run_id"} == {k: v for k, v in first[1].items() if k != "run_id"}
-
-
 def test_a_model_failing_its_gates_is_registered_but_the_old_champion_keeps_serving(built_project):
     settings = load_settings(built_project, environ={})
     before = champion(settings.registry.model_name, settings)
@@ -100,6 +89,17 @@ def test_a_model_failing_its_gates_is_registered_but_the_old_champion_keeps_serv
     assert read_json(built_project / "products/bento/bento.json")["model_version"] == str(before.version)
     executed = nbformat.read(built_project / "products/06_register.ipynb", as_version=4)
     assert "FAIL test accuracy" in str(executed.cells)
+
+
+def test_a_forced_rebuild_reproduces_weights_and_metrics_bit_for_bit(built_project):
+    products = built_project / "products"
+    first = read_json(products / "train/run.json"), read_json(products / "evaluate/metrics.json")
+    run_build(built_project, "--epochs", str(FAST_EPOCHS), "--force", "--partially", "evaluate")
+    second = read_json(products / "train/run.json"), read_json(products / "evaluate/metrics.json")
+    assert second[0]["run_id"] != first[0]["run_id"]
+    assert second[0]["weights_sha256"] == first[0]["weights_sha256"]
+    assert second[0]["history"] == first[0]["history"]
+    assert {k: v for k, v in second[1].items() if k != "run_id"} == {k: v for k, v in first[1].items() if k != "run_id"}
 
 
 def test_changing_a_training_setting_reruns_training(built_project):

@@ -1,5 +1,6 @@
 """The built bento served for real (`bentoml serve` subprocess on 127.0.0.1), against the registry and ONNX Runtime."""
 
+import asyncio
 import json
 import subprocess
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from conftest import BIN, project_env
 
 from mlops_nb.bento import served
+from mlops_nb.monitoring import read_prediction_log
 from mlops_nb.onnx_export import onnx_predict, ort_session
 from mlops_nb.products import read_json
 from mlops_nb.registry import champion
@@ -23,7 +25,8 @@ def server(built_project, tmp_path_factory):
     """`bentoml serve <bento tag>` from the build's bento, on a free loopback port; stopped afterwards."""
     bento = read_json(built_project / "products/bento/bento.json")["bento_tag"]
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with served(bento, cwd=built_project, env=project_env(built_project), log=log) as url:
+    env = project_env(built_project, MLOPS_NB_MONITORING_PREDICTION_LOG=str(built_project / "logs/predictions.jsonl"))
+    with served(bento, cwd=built_project, env=env, log=log) as url:
         yield url, log
 
 
@@ -62,6 +65,15 @@ def test_http_predictions_equal_in_process_onnx_runtime_on_the_test_split(server
     assert np.abs(served - expected).max() < (1e-6 if bento_model["meta"]["variant"] == "fp32" else 0.2)
     assert [p["label"] for p in body["predictions"]] == expected.argmax(1).tolist()
     assert (expected.argmax(1) == labels).mean() >= 0.95
+
+
+def test_every_served_request_is_logged_for_monitoring(server, built_project, test_split):
+    url, _ = server
+    features, _ = test_split
+    body = httpx.post(f"{url}/predict", json={"instances": features[:3].tolist()}, timeout=30).json()
+    last = read_prediction_log(built_project / "logs/predictions.jsonl")[-1]
+    assert last["instances"] == features[:3].tolist() and last["model_version"] == body["model_version"]
+    assert last["labels"] == [p["label"] for p in body["predictions"]]
 
 
 def test_no_training_serving_skew_in_preprocessing(built_project, bento_model, test_split):
@@ -137,3 +149,21 @@ def test_bentoml_serve_from_the_project_folder_serves_the_same_champion(built_pr
     settings = load_settings(built_project, environ={})
     assert meta["model_version"] == str(champion(settings.registry.model_name, settings).version)
     assert sum(p["label"] == y for p, y in zip(body["predictions"], labels[:20])) >= 18
+
+
+def test_concurrent_requests_are_batched_and_all_answered_correctly(server, bento_model, test_split):
+    url, _ = server
+    features, _ = test_split
+    rows = features[:64]
+
+    async def send_all():
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=32)) as client:
+            return await asyncio.gather(*(client.post(f"{url}/predict", json={"instances": [row]})
+                                          for row in rows.tolist()))
+
+    responses = asyncio.run(send_all())
+    assert [r.status_code for r in responses] == [200] * len(rows)
+    path = Path(bento_model["path"])
+    standardizer = Standardizer.from_dict(json.loads((path / "preprocessing.json").read_text()))
+    expected = onnx_predict(ort_session(path / "model.onnx"), standardizer.transform(rows)).argmax(1)
+    assert [r.json()["predictions"][0]["label"] for r in responses] == expected.tolist()
