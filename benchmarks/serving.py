@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import os
 import time
+from collections import Counter
 
 import httpx
 import numpy as np
@@ -38,18 +39,19 @@ def per_call_us(fn, *, seconds: float = 2.0, max_calls: int = 100_000) -> float:
 
 async def load(url: str, rows: list[list[float]], *, concurrency: int, requests: int, seconds: float) -> dict:
     """Send single-row requests with `concurrency` in flight, bounded by count and time."""
-    latencies, errors, sent = [], 0, 0
+    latencies, errors, sent = [], Counter(), 0
     deadline = time.perf_counter() + seconds
 
     async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal errors, sent
+        nonlocal sent
         while sent < requests and time.perf_counter() < deadline:
             row = rows[sent % len(rows)]
             sent += 1
             t = time.perf_counter()
             response = await client.post(f"{url}/predict", json={"instances": [row]})
             latencies.append(time.perf_counter() - t)
-            errors += response.status_code != 200
+            if response.status_code != 200:
+                errors[response.status_code] += 1
 
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
@@ -57,7 +59,7 @@ async def load(url: str, rows: list[list[float]], *, concurrency: int, requests:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         wall = time.perf_counter() - start
     ms = np.array(latencies) * 1000
-    return {"requests": len(ms), "errors": errors, "rps": len(ms) / wall, "p50": float(np.percentile(ms, 50)),
+    return {"requests": len(ms), "errors": dict(errors) or "none", "rps": len(ms) / wall, "p50": float(np.percentile(ms, 50)),
             "p99": float(np.percentile(ms, 99))}
 
 
@@ -102,7 +104,7 @@ def main() -> None:
             r = results[concurrency] = asyncio.run(
                 load(url, rows, concurrency=concurrency, requests=args.requests, seconds=args.seconds))
             print(f"concurrency {concurrency:2d}: {r['rps']:7.1f} req/s  p50 {r['p50']:6.1f} ms  p99 {r['p99']:6.1f} ms"
-                  f"  ({r['requests']} requests, {r['errors']} errors)")
+                  f"  ({r['requests']} requests, errors by status: {r['errors']})")
     print(f"ratio served c=32 / c=1 throughput: {results[32]['rps'] / results[1]['rps']:.2f}x")
     print(f"ratio in-process fp32 batch-1 calls/s / served c=1 req/s: {1e6 / base[0] / results[1]['rps']:.0f}x")
 

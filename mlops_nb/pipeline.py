@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ from mlops_nb.settings import Settings, load_settings
 
 __all__ = ["pipeline_env", "make_dag", "build", "task_context", "discard_failed_products", "record_notebooks"]
 
+FRAMEWORK = Path(__file__).resolve().parent
 TELEMETRY_OFF = {"PLOOMBER_STATS_ENABLED": "false", "BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "1",
                  "MLFLOW_DISABLE_TELEMETRY": "true"}
 
@@ -34,6 +36,14 @@ def data_fingerprint(source: str) -> str:
     return file_sha256(source) if Path(source).is_file() else f"missing:{source}"
 
 
+def files_sha256(*paths: Path) -> str:
+    """One SHA-256 over the names and bytes of files (folders: their *.py files), for params that track code."""
+    from mlops_nb.products import file_sha256
+
+    files = sorted(f for p in paths for f in (sorted(p.rglob("*.py")) if p.is_dir() else [p]))
+    return hashlib.sha256("".join(f"{f.name}:{file_sha256(f)}" for f in files).encode()).hexdigest()
+
+
 def pipeline_env(settings: Settings) -> dict:
     """The values pipeline.yaml's {{placeholders}} take: every setting that shapes a product."""
     d, t, e = settings.data, settings.training, settings.export
@@ -50,6 +60,9 @@ def pipeline_env(settings: Settings) -> dict:
         "opset": e.opset, "parity_tolerance": e.parity_tolerance, "int8_max_accuracy_drop": e.int8_max_accuracy_drop,
         "model_name": settings.registry.model_name, "min_accuracy": settings.gates.min_accuracy,
         "max_regression": settings.gates.max_regression, "service_name": settings.serving.service_name,
+        # framework code and serving files are not notebook sources: hashing them makes a change re-run their tasks
+        "code_sha256": files_sha256(FRAMEWORK),
+        "bento_sha256": files_sha256(FRAMEWORK, settings.root / "bentofile.yaml", settings.root / "settings.ini"),
     }
 
 
@@ -79,10 +92,10 @@ def build(*, force: bool = False, epochs: int | None = None, seed: int | None = 
 def task_context(name: str, upstream, product, **params) -> SimpleNamespace:
     """What a notebook needs: resolved `upstream`, `product` and params, whether injected by the pipeline or not.
 
-    Under `ploomber build`, the injected values pass through untouched. Run by hand (JupyterLab, nbval,
-    nbdev-test) `product` is None: the paths and any param left as None come from the DAG, i.e. settings.ini.
+    Under `ploomber build`, the injected values pass through untouched. Run by hand (JupyterLab, nbval)
+    `product` is None: the paths and any param left as None come from the DAG, i.e. settings.ini.
     """
-    if isinstance(product, dict) or product is not None and not isinstance(product, list):
+    if product is not None:
         return SimpleNamespace(upstream=upstream, product=product, params=SimpleNamespace(**params))
     task = make_dag()[name]
     resolved = {k: (task.params[k] if v is None else v) for k, v in params.items()}

@@ -111,7 +111,7 @@ class DigitsService:
         """Classify each row of raw feature values."""
         start = time.perf_counter()
         rows = check_width(instances, self.standardizer.n_features)
-        probabilities = await self.onnx.to_async.predict_proba(self.standardizer.transform(rows))
+        probabilities = await self._predict_proba(self.standardizer.transform(rows))
         version = str(self.meta.get("model_version"))
         labels = probabilities.argmax(axis=1).tolist()
         if self.log:
@@ -121,6 +121,19 @@ class DigitsService:
         return PredictResponse(
             predictions=[Prediction(label=label, probabilities=p.tolist()) for label, p in zip(labels, probabilities)],
             model_name=str(self.meta.get("model_name")), model_version=version)
+
+    async def _predict_proba(self, features: np.ndarray, attempts: int = 3) -> np.ndarray:
+        """Call the model service, retrying a dropped pooled connection (BentoML#4238); 503 if it keeps failing."""
+        import aiohttp
+        from bentoml.exceptions import ServiceUnavailable
+
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self.onnx.to_async.predict_proba(features)
+            except aiohttp.ClientConnectionError as error:
+                logger.warning("model service connection failed (attempt %d of %d): %r", attempt, attempts, error)
+                if attempt == attempts:
+                    raise ServiceUnavailable("the model service is unreachable; retry shortly") from error
 
     @info_app.get("/metadata")
     async def metadata(self) -> dict:

@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['load_source', 'frame_sha256', 'write_snapshot', 'read_snapshot', 'split_indices']
 
-# %% ../../notebooks/01_snapshot.ipynb #d764d6c1
+# %% ../../notebooks/01_snapshot.ipynb #5b4150cf
 import hashlib
 from pathlib import Path
 
@@ -13,7 +13,7 @@ from sklearn.model_selection import train_test_split
 
 from ..products import atomic_path
 
-# %% ../../notebooks/01_snapshot.ipynb #daed264a
+# %% ../../notebooks/01_snapshot.ipynb #b6ef3fbf
 def load_source(source: str, target: str = "target") -> pd.DataFrame:
     "Load the raw table: `digits` (shipped with scikit-learn) or a CSV/Parquet file with a `target` column."
     if source == "digits":
@@ -31,7 +31,7 @@ def load_source(source: str, target: str = "target") -> pd.DataFrame:
         raise ValueError(f"data source {source!r} has no target column {target!r} ([data] target in settings.ini)")
     return frame
 
-# %% ../../notebooks/01_snapshot.ipynb #bd01511a
+# %% ../../notebooks/01_snapshot.ipynb #1879b29a
 def frame_sha256(frame: pd.DataFrame) -> str:
     "SHA-256 of a table's column names, dtypes and values (row order included)."
     digest = hashlib.sha256()
@@ -56,7 +56,7 @@ def read_snapshot(path: Path | str, sha256: str) -> pd.DataFrame:
         raise ValueError(f"snapshot {path} has content hash {actual}, expected {sha256}: it was modified")
     return frame
 
-# %% ../../notebooks/01_snapshot.ipynb #2752449c
+# %% ../../notebooks/01_snapshot.ipynb #b0da835f
 def split_indices(y, *, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
     "Stratified train/val/test row indices, sorted, fixed by `seed`."
     rows = np.arange(len(y))

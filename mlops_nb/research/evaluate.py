@@ -3,12 +3,12 @@
 # %% auto #0
 __all__ = ['classification_metrics', 'per_class_report']
 
-# %% ../../notebooks/04_evaluate.ipynb #1676df36
+# %% ../../notebooks/04_evaluate.ipynb #2e845289
 import numpy as np
 import pandas as pd
 from sklearn.metrics import classification_report, f1_score, log_loss
 
-# %% ../../notebooks/04_evaluate.ipynb #2204ce2c
+# %% ../../notebooks/04_evaluate.ipynb #06a1748c
 def classification_metrics(y_true, probabilities) -> dict:
     "Accuracy, macro F1 and log loss from true labels and predicted class probabilities."
     probabilities = np.asarray(probabilities)

@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['Standardizer', 'MLP', 'seed_everything', 'predict_proba', 'train_model', 'weights_sha256', 'save_model', 'load_model']
 
-# %% ../../notebooks/03_train.ipynb #1cef401f
+# %% ../../notebooks/03_train.ipynb #79c29538
 import hashlib
 import random
 
@@ -13,7 +13,7 @@ from torch import nn
 
 from ..products import atomic_path
 
-# %% ../../notebooks/03_train.ipynb #b0b503ca
+# %% ../../notebooks/03_train.ipynb #da067945
 class Standardizer:
     "Per-feature standardization fitted on training rows; the one preprocessing used in training and serving."
     def __init__(self, mean, scale):
@@ -39,7 +39,7 @@ class Standardizer:
     @classmethod
     def from_dict(cls, d: dict) -> "Standardizer": return cls(d["mean"], d["scale"])
 
-# %% ../../notebooks/03_train.ipynb #ad622c9e
+# %% ../../notebooks/03_train.ipynb #b9d545ac
 class MLP(nn.Module):
     "Fully connected classifier: Linear-ReLU-Dropout blocks, then a linear layer giving class logits."
     def __init__(self, n_features: int, n_classes: int, hidden_sizes=(128, 64), dropout: float = 0.1):
@@ -54,7 +54,7 @@ class MLP(nn.Module):
 
     def forward(self, x): return self.net(x)
 
-# %% ../../notebooks/03_train.ipynb #c3b150f6
+# %% ../../notebooks/03_train.ipynb #4b1a1dc3
 def seed_everything(seed: int, threads: int = 1) -> None:
     "Seed Python, NumPy and torch; force deterministic torch kernels and a fixed CPU thread count."
     random.seed(seed)
@@ -102,7 +102,7 @@ def train_model(x_train, y_train, x_val, y_val, *, hidden_sizes, dropout, epochs
             on_epoch(row)
     return model, history
 
-# %% ../../notebooks/03_train.ipynb #e4f0df36
+# %% ../../notebooks/03_train.ipynb #8fe39de1
 def weights_sha256(model: nn.Module) -> str:
     "SHA-256 over every parameter and buffer (names, shapes and bytes): equal hashes mean equal weights."
     digest = hashlib.sha256()

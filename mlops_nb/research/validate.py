@@ -3,11 +3,11 @@
 # %% auto #0
 __all__ = ['DataValidationError', 'validate_frame', 'feature_profile']
 
-# %% ../../notebooks/02_validate.ipynb #24e02628
+# %% ../../notebooks/02_validate.ipynb #4d3628d7
 import numpy as np
 import pandas as pd
 
-# %% ../../notebooks/02_validate.ipynb #add667d3
+# %% ../../notebooks/02_validate.ipynb #a1e9d46a
 class DataValidationError(ValueError):
     "The data snapshot failed validation; the message lists every problem found."
 
@@ -44,7 +44,7 @@ def validate_frame(frame: pd.DataFrame, *, target: str, feature_min: float, feat
     return {"rows": len(frame), "features": len(features.columns),
             "class_share": {str(k): round(float(v), 6) for k, v in shares.items()}}
 
-# %% ../../notebooks/02_validate.ipynb #23c14ef5
+# %% ../../notebooks/02_validate.ipynb #15763e2c
 def feature_profile(features: pd.DataFrame, *, feature_min: float, feature_max: float, bins: int = 10) -> dict:
     "Per-feature mean, std and histogram (fixed edges over the allowed range): the drift reference."
     edges = np.linspace(feature_min, feature_max, bins + 1)
