@@ -136,3 +136,14 @@ def test_failed_task_leaves_nothing_that_looks_finished(tmp_path):
     table.to_csv(root / "data/table.csv", index=False)
     assert ran_tasks(run_build(root, "--partially", "validate")) == {"snapshot", "validate"}
     assert json.loads(report.read_text())["rows"] == 1797
+
+
+def test_a_quick_run_whose_model_fails_the_gates_completes_without_a_bento(tmp_path):
+    root = copy_project(tmp_path / "project", commit=False)
+    run_build(root, "--epochs", "1", MLOPS_NB_GATES_MIN_ACCURACY="0.999")
+    registration = read_json(root / "products/register/registration.json")
+    assert registration["promoted"] is False and registration["version"] == 1
+    assert read_json(root / "products/bento/bento.json") == {
+        "bento_tag": None, "reason": "no champion: no registered version has passed the gates"}
+    assert "no version has passed the gates yet" in str(nbformat.read(root / "products/07_bento.ipynb", 4).cells)
+    assert read_json(root / "products/record.json")["bento"]["bento_tag"] is None
