@@ -96,3 +96,4 @@ def test_metrics_match_a_hand_computed_case():
     m = classification_metrics([0, 1, 1, 0], [[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.9, 0.1]])
     assert m["accuracy"] == 0.75
     assert m["log_loss"] == pytest.approx(-np.mean(np.log([0.8, 0.7, 0.4, 0.9])))
+
