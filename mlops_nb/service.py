@@ -97,13 +97,14 @@ class DigitsService:
         info = json.loads(Path(self.model.path_of("preprocessing.json")).read_text())
         self.standardizer = Standardizer.from_dict(info)
         self.meta = dict(self.model.info.metadata)
+        self.model_name, self.model_version = str(self.meta.get("model_name")), str(self.meta.get("model_version"))
         self.log = None
         if SETTINGS.monitoring.log_predictions:
             from mlops_nb.monitoring import PredictionLog
 
             self.log = PredictionLog(SETTINGS.path(SETTINGS.monitoring.prediction_log))
             logger.info("logging predictions to %s", self.log.path)
-        logger.info("serving %s version %s (data %s)", self.meta.get("model_name"), self.meta.get("model_version"),
+        logger.info("serving %s version %s (data %s)", self.model_name, self.model_version,
                     self.meta.get("data_sha256"))
 
     @bentoml.api
@@ -111,25 +112,24 @@ class DigitsService:
         """Classify each row of raw feature values."""
         start = time.perf_counter()
         rows = check_width(instances, self.standardizer.n_features)
-        probabilities = await self._predict_proba(self.standardizer.transform(rows))
-        version = str(self.meta.get("model_version"))
+        probabilities = await self._call_model("predict_proba", self.standardizer.transform(rows))
         labels = probabilities.argmax(axis=1).tolist()
         if self.log:
-            self.log.write(model_version=version, instances=instances, labels=labels,
+            self.log.write(model_version=self.model_version, instances=instances, labels=labels,
                            confidence=probabilities.max(axis=1).round(6).tolist(),
                            latency_ms=(time.perf_counter() - start) * 1000)
         return PredictResponse(
             predictions=[Prediction(label=label, probabilities=p.tolist()) for label, p in zip(labels, probabilities)],
-            model_name=str(self.meta.get("model_name")), model_version=version)
+            model_name=self.model_name, model_version=self.model_version)
 
-    async def _predict_proba(self, features: np.ndarray, attempts: int = 3) -> np.ndarray:
+    async def _call_model(self, method: str, *args, attempts: int = 3):
         """Call the model service, retrying a dropped pooled connection (BentoML#4238); 503 if it keeps failing."""
         import aiohttp
         from bentoml.exceptions import ServiceUnavailable
 
         for attempt in range(1, attempts + 1):
             try:
-                return await self.onnx.to_async.predict_proba(features)
+                return await getattr(self.onnx.to_async, method)(*args)
             except aiohttp.ClientConnectionError as error:
                 logger.warning("model service connection failed (attempt %d of %d): %r", attempt, attempts, error)
                 if attempt == attempts:
@@ -138,5 +138,5 @@ class DigitsService:
     @info_app.get("/metadata")
     async def metadata(self) -> dict:
         """Model name/version, data snapshot hash, and the ONNX Runtime provider actually in use."""
-        return {**self.meta, "provider": await self.onnx.to_async.active_provider(),
+        return {**self.meta, "provider": await self._call_model("active_provider"),
                 "n_features": self.standardizer.n_features, "bento_model": str(self.model.tag)}
