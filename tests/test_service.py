@@ -4,6 +4,7 @@ import asyncio
 import json
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -32,14 +33,17 @@ def server(built_project, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bento_model(built_project):
-    """The exact files the service loaded: the bento model in the BentoML store of the built project."""
+    """What the service loaded from the bento model in the built project's store: metadata, preprocessing, ONNX."""
     env = project_env(built_project)
     code = ("import bentoml, json, sys; m = bentoml.models.get(sys.argv[1] + ':latest'); "
             "print(json.dumps({'path': m.path, 'meta': m.info.metadata}))")
     settings = load_settings(built_project, environ={})
     out = subprocess.run([str(BIN / "python"), "-c", code, settings.registry.model_name], env=env,
                          capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    found = json.loads(out.strip().splitlines()[-1])
+    path = Path(found["path"])
+    standardizer = Standardizer.from_dict(json.loads((path / "preprocessing.json").read_text()))
+    return SimpleNamespace(meta=found["meta"], standardizer=standardizer, session=ort_session(path / "model.onnx"))
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +57,14 @@ def test_split(built_project):
 def test_http_predictions_equal_in_process_onnx_runtime_on_the_test_split(server, bento_model, test_split):
     url, _ = server
     features, labels = test_split
-    path = Path(bento_model["path"])
-    standardizer = Standardizer.from_dict(json.loads((path / "preprocessing.json").read_text()))
-    expected = onnx_predict(ort_session(path / "model.onnx"), standardizer.transform(features))
+    expected = onnx_predict(bento_model.session, bento_model.standardizer.transform(features))
     response = httpx.post(f"{url}/predict", json={"instances": features.tolist()}, timeout=60)
     assert response.status_code == 200, response.text
     body = response.json()
     served = np.array([p["probabilities"] for p in body["predictions"]])
     # fp32 answers do not depend on how the server batches rows; the export step serves int8 only when its
     # labels do not either (probabilities still move slightly with the batch's activation range)
-    assert np.abs(served - expected).max() < (1e-6 if bento_model["meta"]["variant"] == "fp32" else 0.2)
+    assert np.abs(served - expected).max() < (1e-6 if bento_model.meta["variant"] == "fp32" else 0.2)
     assert [p["label"] for p in body["predictions"]] == expected.argmax(1).tolist()
     assert (expected.argmax(1) == labels).mean() >= 0.95
 
@@ -78,9 +80,8 @@ def test_every_served_request_is_logged_for_monitoring(server, built_project, te
 
 def test_no_training_serving_skew_in_preprocessing(built_project, bento_model, test_split):
     _, trained = load_model(built_project / "products/train/model.pt")
-    served = Standardizer.from_dict(json.loads((Path(bento_model["path"]) / "preprocessing.json").read_text()))
     features, _ = test_split
-    assert np.array_equal(trained.transform(features), served.transform(features))
+    assert np.array_equal(trained.transform(features), bento_model.standardizer.transform(features))
 
 
 def test_served_model_is_the_registry_champion(server, built_project):
@@ -163,7 +164,5 @@ def test_concurrent_requests_are_batched_and_all_answered_correctly(server, bent
 
     responses = asyncio.run(send_all())
     assert [r.status_code for r in responses] == [200] * len(rows)
-    path = Path(bento_model["path"])
-    standardizer = Standardizer.from_dict(json.loads((path / "preprocessing.json").read_text()))
-    expected = onnx_predict(ort_session(path / "model.onnx"), standardizer.transform(rows)).argmax(1)
+    expected = onnx_predict(bento_model.session, bento_model.standardizer.transform(rows)).argmax(1)
     assert [r.json()["predictions"][0]["label"] for r in responses] == expected.tolist()
