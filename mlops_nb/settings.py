@@ -94,7 +94,6 @@ class ServingSettings(_Section):
     max_latency_ms: int = Field(200, ge=1)
     workers: int = Field(1, ge=1)
     timeout_s: int = Field(30, ge=1)
-    bentoml_home: Path = Path(".bentoml")
 
 
 class MonitoringSettings(_Section):
