@@ -4,19 +4,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from mlops_nb.pipeline import TELEMETRY_OFF
+from mlops_nb.notebook_outputs import isolated_environ
 
 
 def pytest_configure(config):
-    """Telemetry off; notebooks that nbval runs by hand write into a throw-away folder, not the project's."""
-    os.environ.update(TELEMETRY_OFF)
-    scratch = Path(tempfile.mkdtemp(prefix="mlops-nb-nbval-"))
-    os.environ.update({
-        "MLOPS_NB_PATHS_PRODUCTS": str(scratch / "products"),
-        "MLOPS_NB_TRACKING_URI": f"sqlite:///{scratch / 'mlruns.db'}",
-        "MLOPS_NB_TRACKING_ARTIFACT_ROOT": str(scratch / "mlartifacts"),
-        "BENTOML_HOME": str(scratch / "bentoml"),
-    })
+    """Telemetry off; notebooks that nbval runs by hand get a throw-away project state, not the project's."""
+    os.environ.update(isolated_environ(Path(tempfile.mkdtemp(prefix="mlops-nb-nbval-"))))
 
 
 def pytest_collection_modifyitems(items):

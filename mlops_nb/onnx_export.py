@@ -11,7 +11,7 @@ import numpy as np
 from mlops_nb.products import atomic_path
 
 __all__ = ["ParityError", "export_onnx", "check_parity", "quantize_int8", "ort_session", "onnx_predict", "max_abs_diff",
-           "providers_for", "INPUT_NAME", "OUTPUT_NAME"]
+           "providers_for", "INPUT_NAME", "OUTPUT_NAME", "CUDA", "CPU"]
 
 INPUT_NAME, OUTPUT_NAME = "features", "probabilities"
 
@@ -20,32 +20,35 @@ class ParityError(AssertionError):
     """ONNX Runtime and torch disagree by more than the tolerance set in settings.ini."""
 
 
-def _probability_model(model):
+def _serving_model(model, standardizer):
     import torch
 
-    class ProbabilityModel(torch.nn.Module):
-        """The classifier followed by softmax: the graph returns class probabilities."""
+    class ServingModel(torch.nn.Module):
+        """Raw feature rows -> class probabilities: standardization, the classifier and softmax in one graph."""
 
-        def __init__(self, inner):
+        def __init__(self, inner, mean, scale):
             super().__init__()
             self.inner = inner
+            self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+            self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
 
         def forward(self, x):
-            return torch.softmax(self.inner(x), dim=1)
+            return torch.softmax(self.inner((x - self.mean) / self.scale), dim=1)
 
-    return ProbabilityModel(model).eval()
+    return ServingModel(model, standardizer.mean, standardizer.scale).eval()
 
 
-def export_onnx(model, n_features: int, path: Path | str, *, opset: int = 18) -> Path:
-    """Export `model` (logits) as an ONNX graph `features[batch, n] -> probabilities[batch, classes]`."""
+def export_onnx(model, standardizer, path: Path | str, *, opset: int = 18) -> Path:
+    """Export `model` (logits) with its `standardizer` folded in: `features[batch, n]` of raw values ->
+    `probabilities[batch, classes]`. Any ONNX consumer then gives the same answers, preprocessing included."""
     import onnx
     import torch
 
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        torch.onnx.export(_probability_model(model), (torch.zeros(2, n_features),), str(tmp), dynamo=True,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
+        torch.onnx.export(_serving_model(model, standardizer), (torch.zeros(2, standardizer.n_features),), str(tmp),
+                          dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
                           dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
         onnx.checker.check_model(str(tmp))
     return Path(path)
@@ -64,31 +67,47 @@ def quantize_int8(source: Path | str, path: Path | str) -> Path:
     return Path(path)
 
 
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+logger = logging.getLogger(__name__)
+
+
 def providers_for(device: str = "auto") -> list[str]:
     """ONNX Runtime providers for a device setting: CUDA first when asked for (or `auto` and available)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    if device == "cuda" and "CUDAExecutionProvider" not in available:
+    if device == "cuda" and CUDA not in available:
         raise RuntimeError("[serving] device = cuda, but this onnxruntime has no CUDAExecutionProvider "
-                           f"(available: {available}); install onnxruntime-gpu or set device = auto")
-    if device in ("cuda", "auto") and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+                           f"(available: {available}); install the gpu extra (onnxruntime-gpu) or set device = auto")
+    if device in ("cuda", "auto") and CUDA in available:
+        return [CUDA, CPU]
+    return [CPU]
 
 
 def ort_session(path: Path | str, device: str = "cpu", *, threads: int | None = None):
-    """An ONNX Runtime session on the providers `providers_for(device)` picks."""
+    """An ONNX Runtime session on the providers `providers_for(device)` picks, checked after creation: a CUDA
+    session whose libraries did not load runs on CPU silently, so `cuda` fails then and `auto` warns."""
     import onnxruntime as ort
 
+    providers = providers_for(device)
+    if CUDA in providers and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels the gpu extra installs
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers_for(device))
+    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    active = session.get_providers()[0]
+    if providers[0] == CUDA and active != CUDA:
+        message = (f"CUDA was offered to ONNX Runtime but the session runs on {active}: the CUDA or cuDNN "
+                   "libraries did not load (see ONNX Runtime's error above)")
+        if device == "cuda":
+            raise RuntimeError(f"[serving] device = cuda: {message}; fix the CUDA install or set device = auto")
+        logger.warning("[serving] device = auto: %s; serving on CPU", message)
+    return session
 
 
 def onnx_predict(session, features: np.ndarray) -> np.ndarray:
-    """Class probabilities from an ONNX Runtime session for standardized float32 features."""
+    """Class probabilities from an ONNX Runtime session for rows of raw feature values."""
     return session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(features, dtype=np.float32)})[0]
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 from mlops_nb.settings import Settings, load_settings
 
-__all__ = ["pipeline_env", "make_dag", "build", "task_context", "discard_failed_products", "record_notebooks"]
+__all__ = ["pipeline_env", "param_source", "make_dag", "dag_for", "build", "TaskContext", "task_context",
+           "discard_failed_products", "record_notebooks"]
 
 FRAMEWORK = Path(__file__).resolve().parent
 TELEMETRY_OFF = {"PLOOMBER_STATS_ENABLED": "false", "BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "1",
@@ -44,34 +47,62 @@ def files_sha256(*paths: Path) -> str:
     return hashlib.sha256("".join(f"{f.name}:{file_sha256(f)}" for f in files).encode()).hexdigest()
 
 
+# pipeline.yaml placeholder -> the settings.ini [section] key it comes from
+SETTING_PARAMS = {
+    "data_source": ("data", "source"), "target": ("data", "target"), "val_fraction": ("data", "val_fraction"),
+    "test_fraction": ("data", "test_fraction"), "feature_min": ("data", "feature_min"),
+    "feature_max": ("data", "feature_max"), "min_class_fraction": ("data", "min_class_fraction"),
+    **{key: ("training", key) for key in ("seed", "epochs", "batch_size", "learning_rate", "weight_decay",
+                                          "hidden_sizes", "dropout", "torch_threads")},
+    **{key: ("export", key) for key in ("opset", "parity_tolerance", "int8_max_accuracy_drop")},
+    "model_name": ("registry", "model_name"), "min_accuracy": ("gates", "min_accuracy"),
+    "max_regression": ("gates", "max_regression"), "service_name": ("serving", "service_name"),
+}
+# placeholders the build computes rather than reads from a setting
+COMPUTED_PARAMS = {
+    "products": "[paths] products", "snapshot_store": "[paths] products",
+    "data_fingerprint": "the data file's SHA-256", "code_sha256": "a hash of the framework code (mlops_nb/)",
+    "bento_sha256": "a hash of the framework code, bentofile.yaml and settings.ini",
+}
+
+
 def pipeline_env(settings: Settings) -> dict:
     """The values pipeline.yaml's {{placeholders}} take: every setting that shapes a product."""
-    d, t, e = settings.data, settings.training, settings.export
-    return {
-        "products": str(settings.products_dir),
-        "snapshot_store": str(settings.products_dir / "snapshots"),
-        "data_source": settings.data_source, "data_fingerprint": data_fingerprint(settings.data_source),
-        "target": d.target,
-        "val_fraction": d.val_fraction, "test_fraction": d.test_fraction,
-        "feature_min": d.feature_min, "feature_max": d.feature_max, "min_class_fraction": d.min_class_fraction,
-        "seed": t.seed, "epochs": t.epochs, "batch_size": t.batch_size, "learning_rate": t.learning_rate,
-        "weight_decay": t.weight_decay, "hidden_sizes": list(t.hidden_sizes), "dropout": t.dropout,
-        "torch_threads": t.torch_threads,
-        "opset": e.opset, "parity_tolerance": e.parity_tolerance, "int8_max_accuracy_drop": e.int8_max_accuracy_drop,
-        "model_name": settings.registry.model_name, "min_accuracy": settings.gates.min_accuracy,
-        "max_regression": settings.gates.max_regression, "service_name": settings.serving.service_name,
+    env = {name: getattr(getattr(settings, section), key) for name, (section, key) in SETTING_PARAMS.items()}
+    env.update({
+        "data_source": settings.data_source, "hidden_sizes": list(settings.training.hidden_sizes),
+        "products": str(settings.products_dir), "snapshot_store": str(settings.products_dir / "snapshots"),
+        "data_fingerprint": data_fingerprint(settings.data_source),
         # framework code and serving files are not notebook sources: hashing them makes a change re-run their tasks
         "code_sha256": files_sha256(FRAMEWORK),
         "bento_sha256": files_sha256(FRAMEWORK, settings.root / "bentofile.yaml", settings.root / "settings.ini"),
-    }
+    })
+    return env
+
+
+def param_source(name: str) -> str:
+    """Where the build takes a task param from, in words: `[training] epochs in settings.ini`, or how it is computed."""
+    if name in SETTING_PARAMS:
+        section, key = SETTING_PARAMS[name]
+        return f"[{section}] {key} in settings.ini"
+    return COMPUTED_PARAMS.get(name, "pipeline.yaml")
 
 
 def make_dag(epochs: int = None, seed: int = None, root: str = None):
     """ploomber entry point (`ploomber build -e mlops_nb.pipeline.make_dag --epochs 1`): the DAG with settings."""
+    telemetry_off()
+    dag = dag_for(load_settings(root), epochs=epochs, seed=seed)
+    from mlops_nb.lint import overridden_parameters
+
+    for finding in overridden_parameters(dag):
+        print(f"mlops-nb: {finding}", file=sys.stderr)
+    return dag
+
+
+def dag_for(settings: Settings, *, epochs: int | None = None, seed: int | None = None):
+    """The ploomber DAG of `settings`' project, with the settings as pipeline.yaml's params."""
     from ploomber.spec import DAGSpec
 
-    telemetry_off()
-    settings = load_settings(root)
     os.environ["MLOPS_NB_ROOT"] = str(settings.root)  # notebook kernels find the same project
     env = pipeline_env(settings)
     env.update({k: v for k, v in {"epochs": epochs, "seed": seed}.items() if v is not None})
@@ -89,27 +120,61 @@ def build(*, force: bool = False, epochs: int | None = None, seed: int | None = 
     return dag.build(force=force, show_progress=False)
 
 
-def task_context(name: str, upstream, product, **params) -> SimpleNamespace:
-    """What a notebook needs: resolved `upstream`, `product` and params, whether injected by the pipeline or not.
+@dataclass(frozen=True)
+class TaskContext:
+    """What a notebook's wiring cells use: upstream and product paths and params, resolved.
+
+    `hand_run` is True outside a build: products then go to the scratch area (see `mlops_nb.scratch`).
+    """
+
+    name: str
+    upstream: dict
+    product: dict | str
+    params: SimpleNamespace
+    hand_run: bool = False
+
+
+def task_context(name: str, upstream, product, **params) -> TaskContext:
+    """Resolve a notebook's parameters cell, whether the pipeline injected it or the notebook runs by hand.
 
     Under `ploomber build`, the injected values pass through untouched. Run by hand (JupyterLab, nbval)
-    `product` is None: the paths and any param left as None come from the DAG, i.e. settings.ini.
+    `product` is None: params left as None come from the DAG (i.e. settings.ini), upstream products are read
+    from the build (or from an earlier hand run), and products are written to the scratch area, never to the
+    build's products; MLflow, BentoML and the prediction log point at the scratch area too.
     """
     if product is not None:
-        return SimpleNamespace(upstream=upstream, product=product, params=SimpleNamespace(**params))
-    task = make_dag()[name]
-    resolved = {k: (task.params[k] if v is None else v) for k, v in params.items()}
-    return SimpleNamespace(
-        upstream={up: _paths(t.product) for up, t in task.upstream.items()},
-        product=_paths(task.product),
-        params=SimpleNamespace(**resolved),
-    )
+        return TaskContext(name, upstream, product, SimpleNamespace(**params))
+    from mlops_nb.scratch import build_environ, open_scratch
+
+    telemetry_off()
+    settings = load_settings(environ=build_environ())
+    task = dag_for(settings)[name]
+    scratch = open_scratch(settings)
+    context = TaskContext(
+        name,
+        upstream={up: _paths(t.product, scratch.upstream) for up, t in task.upstream.items()},
+        product=_paths(task.product, scratch.product),
+        params=SimpleNamespace(**{k: _scratch_param(task.params[k], settings, scratch) if v is None else v
+                                  for k, v in params.items()}),
+        hand_run=True)
+    where = scratch.root.relative_to(settings.root) if scratch.root.is_relative_to(settings.root) else scratch.root
+    print(f"Hand run of task {name!r}: reads the build's products, writes to {where}/ (products, MLflow store, "
+          "BentoML home, prediction log). The build's products and registry stay untouched.")
+    return context
 
 
-def _paths(product):
-    if hasattr(product, "to_json_serializable"):
-        return product.to_json_serializable()
-    return str(product)
+def _scratch_param(value, settings: Settings, scratch):
+    """A param as a hand run uses it: a path inside the build's products folder moves to the scratch area."""
+    if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_relative_to(settings.products_dir):
+        return str(scratch.product(value))
+    return value
+
+
+def _paths(product, where):
+    """A ploomber product as plain path strings (a dict for a MetaProduct), each mapped through `where`."""
+    if hasattr(product, "products"):
+        return {key: str(where(str(p))) for key, p in product.to_json_serializable().items()}
+    return str(where(str(product)))
 
 
 def discard_failed_products(dag) -> None:

@@ -65,6 +65,7 @@ def register_onnx(*, run_id: str, onnx_path: Path | str, input_example: np.ndarr
     """Log the ONNX file (signature, input example, extra JSON files) in the run and register it; returns the version."""
     import mlflow
     import onnx
+    from mlflow.exceptions import MlflowException
     from mlflow.models import infer_signature
 
     from mlops_nb.onnx_export import onnx_predict, ort_session, providers_for
@@ -77,14 +78,17 @@ def register_onnx(*, run_id: str, onnx_path: Path | str, input_example: np.ndarr
             (Path(tmp) / name).write_text(json.dumps(content))
             files.append(str(Path(tmp) / name))
         info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="model", signature=signature,
-                                     input_example=example, registered_model_name=model_name,
-                                     save_as_external_data=False, extra_files=files, tags=tags,
-                                     onnx_execution_providers=providers_for("auto"))
+                                     input_example=example, save_as_external_data=False, extra_files=files,
+                                     tags=tags, onnx_execution_providers=providers_for("auto"))
+    # registered through the client, which (unlike `registered_model_name=`) prints no notices to stderr
     client = connect(settings)
-    version = client.get_model_version(model_name, str(info.registered_model_version))
-    for key, value in tags.items():
-        client.set_model_version_tag(model_name, version.version, key, value)
-    return version
+    try:
+        client.create_registered_model(model_name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    return client.create_model_version(model_name, source=info.model_uri, run_id=run_id, tags=tags,
+                                       model_id=info.model_id)
 
 
 def apply_gates(model_name: str, version: str, accuracy: float, *, min_accuracy: float, max_regression: float,

@@ -62,6 +62,7 @@ class TrainingSettings(_Section):
 
 class PathsSettings(_Section):
     products: Path = Path("products")
+    scratch: Path = Path("scratch")
 
 
 class TrackingSettings(_Section):
@@ -90,10 +91,22 @@ class ServingSettings(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gpus: int = Field(0, ge=0)
     max_rows_per_request: int = Field(1024, ge=1)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_in_flight: int = Field(1024, ge=1)
+    batching: Literal["off", "adaptive"] = "off"
     max_batch_size: int = Field(256, ge=1)
-    max_latency_ms: int = Field(200, ge=1)
+    max_latency_ms: float = Field(2, gt=0)
+    api_key_env: str = Field("", pattern=r"^([A-Z_][A-Z0-9_]*)?$")
     workers: int = Field(1, ge=1)
     timeout_s: int = Field(30, ge=1)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _not_a_settings_variable(cls, value: str) -> str:
+        if value.startswith(ENV_PREFIX):
+            raise ValueError(f"name a variable that does not start with {ENV_PREFIX} (that prefix overrides "
+                             "settings, and a secret is never a setting), e.g. SERVING_API_KEY")
+        return value
 
 
 class MonitoringSettings(_Section):

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,7 +19,8 @@ import pytest
 from mlops_nb.pipeline import TELEMETRY_OFF
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("notebooks", "mlops_nb", "pipeline.yaml", "settings.ini", "bentofile.yaml", "pyproject.toml")
+PROJECT_FILES = ("notebooks", "mlops_nb", "pipeline.yaml", "settings.ini", "bentofile.yaml", "pyproject.toml",
+                 ".jupyter")
 BIN = Path(sys.executable).parent
 FAST_EPOCHS = 12  # enough for the digits MLP to pass the 0.95 gate, in a few seconds
 
@@ -34,7 +41,7 @@ def copy_project(dest: Path, *, commit: bool = True) -> Path:
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
         else:
             shutil.copy2(src, dest / name)
-    (dest / ".gitignore").write_text("products/\nmlruns.db\nmlartifacts/\n.bentoml/\nlogs/\n__pycache__/\n")
+    (dest / ".gitignore").write_text((REPO / ".gitignore").read_text())
     if commit:
         git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
         for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "snapshot of the project"]):
@@ -64,3 +71,64 @@ def built_project(tmp_path_factory) -> Path:
     root = copy_project(tmp_path_factory.mktemp("project"))
     run_build(root, "--epochs", str(FAST_EPOCHS))
     return root
+
+
+@contextmanager
+def jupyter_lab(root: Path, log: Path, *, user_settings: dict | None = None, timeout_s: float = 120):
+    """`mlops-nb lab` as README starts it, in `root`, on a free loopback port with a token; yields (url, token).
+
+    The server gets its own runtime folder and JupyterLab user-settings folder (`user_settings`: plugin id ->
+    settings), never root's."""
+    import httpx
+
+    from mlops_nb.serving.bento import free_port
+
+    port, token = free_port(), secrets.token_hex(16)
+    command = [str(BIN / "mlops-nb"), "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
+               f"--IdentityProvider.token={token}"]
+    settings_dir = log.parent / "lab-user-settings"
+    for plugin, values in (user_settings or {}).items():
+        package, _, name = plugin.partition(":")
+        (settings_dir / package).mkdir(parents=True, exist_ok=True)
+        (settings_dir / package / f"{name}.jupyterlab-settings").write_text(json.dumps(values))
+    env = {**project_env(root), "JUPYTER_RUNTIME_DIR": str(log.parent / "runtime"),
+           "JUPYTERLAB_SETTINGS_DIR": str(settings_dir)}
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                assert process.poll() is None, f"`mlops-nb lab` exited:\n{log.read_text()[-3000:]}"
+                try:
+                    if httpx.get(f"{url}/api/status", params={"token": token}, timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, f"JupyterLab not ready after {timeout_s}s"
+                time.sleep(0.5)
+            yield url, token
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=60)
+
+
+def server_errors(log: Path) -> list[str]:
+    """Jupyter server log lines that record a 5xx answer or a traceback."""
+    return [line for line in log.read_text().splitlines()
+            if re.search(r"\] 5\d\d (GET|POST|PUT|PATCH|DELETE) ", line) or line.startswith("Traceback")]
+
+
+def tree_digest(*paths: Path) -> dict[str, str]:
+    """SHA-256 of every file under `paths` (relative name -> hash): to prove nothing there changed."""
+    from mlops_nb.products import file_sha256
+
+    return {str(f): file_sha256(f) for p in paths for f in sorted(p.rglob("*") if p.is_dir() else [p])
+            if f.is_file()}
+
+
+def git_status(root: Path) -> str:
+    """`git status --porcelain` of the project copy at `root` (empty when clean)."""
+    return subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True,
+                          check=True).stdout

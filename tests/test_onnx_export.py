@@ -4,24 +4,27 @@ import torch
 
 from mlops_nb.onnx_export import (ParityError, check_parity, export_onnx, onnx_predict, ort_session,
                                   providers_for, quantize_int8)
-from mlops_nb.research.model import MLP, predict_proba
+from mlops_nb.research.model import MLP, Standardizer, predict_proba
+
+RAW = np.random.default_rng(0).uniform(0, 16, size=(512, 64)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     torch.manual_seed(0)
     model = MLP(64, 10, (32,), 0.0).eval()
-    path = export_onnx(model, 64, tmp_path_factory.mktemp("onnx") / "m.onnx")
-    return model, path
+    standardizer = Standardizer.fit(RAW)
+    path = export_onnx(model, standardizer, tmp_path_factory.mktemp("onnx") / "m.onnx")
+    return model, standardizer, path
 
 
 @pytest.mark.parametrize("batch", [1, 7, 256])
-def test_onnx_matches_torch_at_any_batch_size(exported, batch):
-    model, path = exported
-    x = np.random.default_rng(batch).normal(size=(batch, 64)).astype(np.float32)
-    probs = onnx_predict(ort_session(path), x)
+def test_onnx_takes_raw_rows_and_matches_torch_with_its_preprocessing_at_any_batch_size(exported, batch):
+    model, standardizer, path = exported
+    raw = RAW[:batch]
+    probs = onnx_predict(ort_session(path), raw)
     assert probs.shape == (batch, 10)
-    assert check_parity(predict_proba(model, x), probs, tolerance=1e-5) < 1e-5
+    assert check_parity(predict_proba(model, standardizer.transform(raw)), probs, tolerance=1e-6) < 1e-6
 
 
 def test_parity_failure_reports_the_figure():
@@ -32,11 +35,11 @@ def test_parity_failure_reports_the_figure():
 
 
 def test_int8_variant_is_smaller_and_close(exported, tmp_path):
-    model, path = exported
+    model, standardizer, path = exported
     small = quantize_int8(path, tmp_path / "m.int8.onnx")
     assert small.stat().st_size < path.stat().st_size
-    x = np.random.default_rng(1).normal(size=(64, 64)).astype(np.float32)
-    assert np.abs(onnx_predict(ort_session(small), x) - predict_proba(model, x)).max() < 0.1
+    expected = predict_proba(model, standardizer.transform(RAW[:64]))
+    assert np.abs(onnx_predict(ort_session(small), RAW[:64]) - expected).max() < 0.1
 
 
 def test_provider_choice_follows_the_setting_and_the_host():
@@ -48,3 +51,29 @@ def test_provider_choice_follows_the_setting_and_the_host():
     if not has_cuda:
         with pytest.raises(RuntimeError, match=r"\[serving\] device = cuda, but this onnxruntime has no CUDA"):
             providers_for("cuda")
+
+
+class FakeSession:
+    """An InferenceSession whose CUDA libraries did not load: asked for CUDA, it runs on CPU."""
+
+    def __init__(self, path, sess_options=None, providers=()):
+        self.asked = providers
+
+    def get_providers(self):
+        return ["CPUExecutionProvider"]
+
+
+def test_a_cuda_session_that_fell_back_to_cpu_fails_with_device_cuda_and_warns_with_auto(exported, monkeypatch,
+                                                                                         caplog):
+    import onnxruntime as ort
+
+    _, _, path = exported
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", FakeSession)
+    monkeypatch.setattr(ort, "preload_dlls", lambda: None, raising=False)
+    with pytest.raises(RuntimeError, match="device = cuda: CUDA was offered to ONNX Runtime but the session runs on "
+                                           "CPUExecutionProvider"):
+        ort_session(path, "cuda")
+    session = ort_session(path, "auto")
+    assert session.asked == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert "device = auto: CUDA was offered" in caplog.text and "serving on CPU" in caplog.text

@@ -8,7 +8,7 @@ import torch
 
 from mlops_nb.onnx_export import export_onnx
 from mlops_nb.registry import CHALLENGER, CHAMPION, apply_gates, champion, evaluate_gates, register_onnx
-from mlops_nb.research.model import MLP
+from mlops_nb.research.model import MLP, Standardizer
 from mlops_nb.settings import load_settings
 from mlops_nb.tracking import connect, start_training_run
 
@@ -32,14 +32,14 @@ def registry(tmp_path):
     (tmp_path / "settings.ini").write_text("[registry]\nmodel_name = gate-test\n")
     settings = load_settings(tmp_path, environ={})
     torch.manual_seed(0)
-    onnx_path = export_onnx(MLP(4, 3, (8,), 0.0).eval(), 4, tmp_path / "m.onnx")
+    onnx_path = export_onnx(MLP(4, 3, (8,), 0.0).eval(), Standardizer([0.0] * 4, [1.0] * 4), tmp_path / "m.onnx")
     return settings, onnx_path
 
 
 def register(settings, onnx_path, accuracy):
     run_id = start_training_run(params={"lr": 0.1}, data_hash="abc", seed=1, settings=settings)
     version = register_onnx(run_id=run_id, onnx_path=onnx_path, input_example=np.zeros((2, 4)),
-                            model_name="gate-test", extra={"preprocessing.json": {"mean": [0] * 4}},
+                            model_name="gate-test", extra={"model_card.json": {"features": ["a", "b", "c", "d"]}},
                             tags={"mlops_nb.test_accuracy": str(accuracy)}, settings=settings)
     result = apply_gates("gate-test", version.version, accuracy, min_accuracy=0.9, max_regression=0.01,
                          settings=settings)
@@ -70,5 +70,6 @@ def test_registered_model_carries_signature_example_and_extra_files(registry, tm
     info = mlflow.models.get_model_info(f"models:/gate-test/{version}")
     assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 4]
     local = mlflow.artifacts.download_artifacts(f"models:/gate-test/{version}", dst_path=str(tmp_path / "dl"))
-    assert json.loads((tmp_path / "dl" / "extra_files" / "preprocessing.json").read_text()) == {"mean": [0] * 4}
+    card = json.loads((tmp_path / "dl" / "extra_files" / "model_card.json").read_text())
+    assert card == {"features": ["a", "b", "c", "d"]}
     assert (tmp_path / "dl" / "input_example.json").exists() and local

@@ -3,47 +3,52 @@
 import asyncio
 import json
 import subprocess
-from pathlib import Path
-from types import SimpleNamespace
 
+import bentoml
 import httpx
 import numpy as np
 import pytest
-from conftest import BIN, project_env
+from conftest import BIN, FAST_EPOCHS, project_env, run_build
 
-from mlops_nb.bento import served
 from mlops_nb.monitoring import read_prediction_log
 from mlops_nb.onnx_export import onnx_predict, ort_session
 from mlops_nb.products import read_json
 from mlops_nb.registry import champion
 from mlops_nb.research.data import read_snapshot
-from mlops_nb.research.model import Standardizer, load_model
+from mlops_nb.research.model import load_model, predict_proba, weights_sha256
+from mlops_nb.serving.bento import CARD, served
 from mlops_nb.settings import load_settings
+
+ROW = [0.0] * 64
+
+
+def bento_tag(root) -> str:
+    return read_json(root / "products/bento/bento.json")["bento_tag"]
 
 
 @pytest.fixture(scope="module")
 def server(built_project, tmp_path_factory):
-    """`bentoml serve <bento tag>` from the build's bento, on a free loopback port; stopped afterwards."""
-    bento = read_json(built_project / "products/bento/bento.json")["bento_tag"]
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = project_env(built_project, MLOPS_NB_MONITORING_PREDICTION_LOG=str(built_project / "logs/predictions.jsonl"))
-    with served(bento, cwd=built_project, env=env, log=log) as url:
-        yield url, log
+    """`bentoml serve <bento tag>` from the build's bento, on a free loopback port; stopped afterwards.
+
+    The build is brought back to the session's settings first (other modules' tests change them), so the train
+    product is the served model's."""
+    run_build(built_project, "--epochs", str(FAST_EPOCHS))
+    folder = tmp_path_factory.mktemp("serve")
+    log, predictions = folder / "serve.log", folder / "predictions.jsonl"
+    env = project_env(built_project, MLOPS_NB_MONITORING_PREDICTION_LOG=str(predictions))
+    with served(bento_tag(built_project), cwd=built_project, env=env, log=log) as url:
+        yield url, log, predictions
 
 
 @pytest.fixture(scope="module")
 def bento_model(built_project):
-    """What the service loaded from the bento model in the built project's store: metadata, preprocessing, ONNX."""
-    env = project_env(built_project)
-    code = ("import bentoml, json, sys; m = bentoml.models.get(sys.argv[1] + ':latest'); "
-            "print(json.dumps({'path': m.path, 'meta': m.info.metadata}))")
+    """The model folder the bento serves from the built project's store: model card and ONNX session."""
+    code = ("import bentoml, sys; m = bentoml.models.get(sys.argv[1] + ':latest'); print(m.path)")
     settings = load_settings(built_project, environ={})
-    out = subprocess.run([str(BIN / "python"), "-c", code, settings.registry.model_name], env=env,
-                         capture_output=True, text=True, check=True).stdout
-    found = json.loads(out.strip().splitlines()[-1])
-    path = Path(found["path"])
-    standardizer = Standardizer.from_dict(json.loads((path / "preprocessing.json").read_text()))
-    return SimpleNamespace(meta=found["meta"], standardizer=standardizer, session=ort_session(path / "model.onnx"))
+    out = subprocess.run([str(BIN / "python"), "-c", code, settings.registry.model_name],
+                         env=project_env(built_project), capture_output=True, text=True, check=True).stdout
+    path = __import__("pathlib").Path(out.strip().splitlines()[-1])
+    return json.loads((path / CARD).read_text()), ort_session(path / "model.onnx")
 
 
 @pytest.fixture(scope="module")
@@ -54,108 +59,119 @@ def test_split(built_project):
     return frame[manifest["features"]].to_numpy(np.float32), frame[manifest["target"]].to_numpy()
 
 
-def test_http_predictions_equal_in_process_onnx_runtime_on_the_test_split(server, bento_model, test_split):
-    url, _ = server
+def predict(url: str, rows, **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}/predict", json={"instances": rows}, timeout=60, **kwargs)
+
+
+def test_served_answers_equal_the_torch_pipeline_on_raw_rows_no_training_serving_skew(server, built_project,
+                                                                                      bento_model, test_split):
+    url, _, _ = server
     features, labels = test_split
-    expected = onnx_predict(bento_model.session, bento_model.standardizer.transform(features))
-    response = httpx.post(f"{url}/predict", json={"instances": features.tolist()}, timeout=60)
-    assert response.status_code == 200, response.text
+    model, standardizer = load_model(built_project / "products/train/model.pt")
+    assert weights_sha256(model) == bento_model[0]["weights_sha256"]  # the served model's own torch weights
+    trained = predict_proba(model, standardizer.transform(features))  # preprocessing + model, as in training
+    body = predict(url, features.tolist()).json()
+    served_probs = np.array([p["probabilities"] for p in body["predictions"]])
+    settings = load_settings(built_project, environ={})
+    assert np.abs(served_probs - trained).max() <= settings.export.parity_tolerance
+    assert [p["label"] for p in body["predictions"]] == trained.argmax(1).tolist()
+    assert np.array_equal(served_probs.astype(np.float32), onnx_predict(bento_model[1], features))
+    assert (trained.argmax(1) == labels).mean() >= 0.95
+
+
+def test_every_answer_carries_a_request_id_that_is_in_its_prediction_log_line(server, test_split):
+    url, _, predictions = server
+    features, _ = test_split
+    response = predict(url, features[:3].tolist())
     body = response.json()
-    served = np.array([p["probabilities"] for p in body["predictions"]])
-    # fp32 answers do not depend on how the server batches rows; the export step serves int8 only when its
-    # labels do not either (probabilities still move slightly with the batch's activation range)
-    assert np.abs(served - expected).max() < (1e-6 if bento_model.meta["variant"] == "fp32" else 0.2)
-    assert [p["label"] for p in body["predictions"]] == expected.argmax(1).tolist()
-    assert (expected.argmax(1) == labels).mean() >= 0.95
+    assert response.headers["x-request-id"] == body["request_id"]
+    for _ in range(100):  # the writer thread appends in the background
+        records = {r["request_id"]: r for r in read_prediction_log(predictions)} if predictions.exists() else {}
+        if body["request_id"] in records:
+            break
+        __import__("time").sleep(0.05)
+    record = records[body["request_id"]]
+    assert record["inputs"] == features[:3].tolist() and record["model_version"] == body["model_version"]
+    assert record["labels"] == [p["label"] for p in body["predictions"]] and record["role"] == "champion"
+    assert record["schema_version"] == 1 and record["latency_ms"] > 0
 
 
-def test_every_served_request_is_logged_for_monitoring(server, built_project, test_split):
-    url, _ = server
-    features, _ = test_split
-    body = httpx.post(f"{url}/predict", json={"instances": features[:3].tolist()}, timeout=30).json()
-    last = read_prediction_log(built_project / "logs/predictions.jsonl")[-1]
-    assert last["instances"] == features[:3].tolist() and last["model_version"] == body["model_version"]
-    assert last["labels"] == [p["label"] for p in body["predictions"]]
-
-
-def test_no_training_serving_skew_in_preprocessing(built_project, bento_model, test_split):
-    _, trained = load_model(built_project / "products/train/model.pt")
-    features, _ = test_split
-    assert np.array_equal(trained.transform(features), bento_model.standardizer.transform(features))
-
-
-def test_served_model_is_the_registry_champion(server, built_project):
-    url, log = server
+def test_served_model_is_the_registry_champion_and_says_which_provider_runs_it(server, built_project):
+    url, log, _ = server
     settings = load_settings(built_project, environ={})
     current = champion(settings.registry.model_name, settings)
     meta = httpx.get(f"{url}/model/metadata", timeout=10).json()
-    assert meta["model_version"] == str(current.version)
+    assert meta["model_version"] == str(current.version) and meta["input_contract"] == "raw"
     assert meta["data_sha256"] == current.tags["mlops_nb.data_sha256"]
-    assert meta["provider"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
-    body = httpx.post(f"{url}/predict", json={"instances": [[0.0] * 64]}, timeout=10).json()
+    assert meta["provider"] == "CPUExecutionProvider" and meta["n_features"] == 64
+    body = predict(url, [ROW]).json()
     assert body["model_version"] == str(current.version) and body["model_name"] == settings.registry.model_name
-    text = log.read_text()
-    assert "ONNX Runtime session on" in text and f"version {current.version}" in text
+    assert f"version {current.version} on CPUExecutionProvider" in log.read_text()
 
 
-def test_health_and_prometheus_metrics(server):
-    url, _ = server
+def test_health_readiness_and_the_projects_prometheus_metrics(server):
+    url, _, _ = server
     assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
-    httpx.post(f"{url}/predict", json={"instances": [[1.0] * 64]}, timeout=10)
-    metrics = httpx.get(f"{url}/metrics", timeout=10)
-    assert metrics.status_code == 200 and "bentoml_service_request_total" in metrics.text
+    assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+    predict(url, [[1.0] * 64])
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    assert 'mlops_nb_requests_total{route="/predict",status="200"}' in metrics
+    assert 'mlops_nb_model_info{' in metrics and 'provider="CPUExecutionProvider"' in metrics
+    assert "mlops_nb_prediction_log_dropped_total 0.0" in metrics
 
 
-ROW = [0.0] * 64
-
-
-@pytest.mark.parametrize("body, expected", [
-    ({"instances": [[0.0] * 63]}, "instances[0] has 63 values; expected 64"),
-    ({"instances": [ROW, [0.0] * 65]}, "instances[1] has 65 values; expected 64"),
-    ({"instances": [[["x"]] + ROW[1:]]}, "Input should be a valid number"),
-    ({"instances": [["abc"] + ROW[1:]]}, "Input should be a valid number"),
-    ({"instances": [[-1.0] + ROW[1:]]}, "\"loc\":[\"instances\",0,0],\"msg\":\"Input should be greater than or equal to 0"),
-    ({"instances": [ROW[1:] + [16.5]]}, "Input should be less than or equal to 16"),
-    ({"instances": []}, "List should have at least 1 item"),
-    ({"instances": [ROW] * 1025}, "List should have at most 1024 items"),
-    ({"instances": ROW}, "\"loc\":[\"instances\",0],\"msg\":\"Input should be a valid array"),
-    ({"instances": "1,2,3"}, "Input should be a valid array"),
-    ({"rows": [ROW]}, "Field required"),
+@pytest.mark.parametrize("body, field, reason", [
+    ({"instances": [[0.0] * 63]}, "instances[0]", "has 63 values; expected 64"),
+    ({"instances": [ROW, [0.0] * 65]}, "instances[1]", "has 65 values; expected 64"),
+    ({"instances": [[["x"]] + ROW[1:]]}, "instances[0][0]", "must be a number, got list"),
+    ({"instances": [["abc"] + ROW[1:]]}, "instances[0][0]", "must be a number, got str 'abc'"),
+    ({"instances": [["1"] + ROW[1:]]}, "instances[0][0]", "must be a number, got str '1'"),
+    ({"instances": [[True] + ROW[1:]]}, "instances[0][0]", "must be a number, got bool True"),
+    ({"instances": [[None] + ROW[1:]]}, "instances[0][0]", "must be a number, got NoneType"),
+    ({"instances": [[-1.0] + ROW[1:]]}, "instances[0][0]", "-1.0 is outside the allowed range [0.0, 16.0]"),
+    ({"instances": [ROW[1:] + [16.5]]}, "instances[0][63]", "16.5 is outside the allowed range [0.0, 16.0]"),
+    ({"instances": []}, "instances", "holds 0 rows; send 1 to 1024"),
+    ({"instances": [ROW] * 1025}, "instances", "holds 1025 rows; send 1 to 1024"),
+    ({"instances": ROW}, "instances[0]", "must be a list of 64 numbers"),
+    ({"instances": "1,2,3"}, "instances", "must be a list of rows, got str"),
+    ({"rows": [ROW]}, "rows", "unknown field"),
+    ({}, "instances", "required"),
+    ([ROW], "(body)", "must be a JSON object"),
 ])
-def test_bad_input_gets_a_4xx_naming_the_problem(server, body, expected):
-    url, _ = server
+def test_bad_input_gets_a_400_naming_the_field(server, body, field, reason):
+    url, _, _ = server
     response = httpx.post(f"{url}/predict", json=body, timeout=30)
-    assert 400 <= response.status_code < 500, response.text
-    assert expected in response.text
+    assert response.status_code == 400, response.text
+    error = response.json()
+    assert error["error"] == "invalid_input" and error["errors"][0]["field"] == field
+    assert reason in error["errors"][0]["reason"] and f"{field}: {reason}" in error["message"]
 
 
-@pytest.mark.parametrize("raw, expected", [
-    (b'{"instances": [[NaN' + b", 0" * 63 + b"]]}", "Input should be a finite number"),
-    (b'{"instances": [[Infinity' + b", 0" * 63 + b"]]}", "Input should be a finite number"),
-    (b'{"instances": [[0, 0', "Invalid JSON"),
-    (b"", "Field required"),
+@pytest.mark.parametrize("raw, headers, status, expected", [
+    (b'{"instances": [[NaN' + b", 0" * 63 + b"]]}", {}, 400, "not valid JSON"),
+    (b'{"instances": [[1e400' + b", 0" * 63 + b"]]}", {}, 400, "not valid JSON"),
+    (b'{"instances": [[0, 0', {}, 400, "not valid JSON"),
+    (b"", {}, 400, "not valid JSON"),
+    (b'{"instances": [[0]]}', {"content-type": "text/csv"}, 415, "send the body as application/json"),
+    (b"[" + b"0," * 3_000_000 + b"0]", {}, 413, "larger than 4194304 bytes ([serving] max_body_bytes)"),
 ])
-def test_non_finite_and_malformed_json_get_a_4xx(server, raw, expected):
-    url, _ = server
-    response = httpx.post(f"{url}/predict", content=raw, headers={"content-type": "application/json"}, timeout=30)
-    assert 400 <= response.status_code < 500, response.text
-    assert expected in response.text
+def test_malformed_wrong_type_and_oversized_bodies_get_a_4xx_with_the_reason(server, raw, headers, status, expected):
+    url, _, _ = server
+    response = httpx.post(f"{url}/predict", content=raw, headers={"content-type": "application/json", **headers},
+                          timeout=30)
+    assert response.status_code == status, response.text
+    assert expected in response.json()["message"]
 
 
-def test_bentoml_serve_from_the_project_folder_serves_the_same_champion(built_project, test_split):
-    features, labels = test_split
-    with served("", cwd=built_project, env=project_env(built_project)) as url:
-        meta = httpx.get(f"{url}/model/metadata", timeout=10).json()
-        body = httpx.post(f"{url}/predict", json={"instances": features[:20].tolist()}, timeout=30).json()
-    settings = load_settings(built_project, environ={})
-    assert meta["model_version"] == str(champion(settings.registry.model_name, settings).version)
-    assert sum(p["label"] == y for p, y in zip(body["predictions"], labels[:20])) >= 18
+def test_other_methods_get_405(server):
+    url, _, _ = server
+    response = httpx.get(f"{url}/predict", timeout=10)
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
 
 
-def test_concurrent_requests_are_batched_and_all_answered_correctly(server, bento_model, test_split):
-    url, _ = server
-    features, _ = test_split
-    rows = features[:64]
+def test_concurrent_requests_are_all_answered_correctly(server, bento_model, test_split):
+    url, _, _ = server
+    rows = test_split[0][:64]
 
     async def send_all():
         async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=32)) as client:
@@ -164,5 +180,78 @@ def test_concurrent_requests_are_batched_and_all_answered_correctly(server, bent
 
     responses = asyncio.run(send_all())
     assert [r.status_code for r in responses] == [200] * len(rows)
-    expected = onnx_predict(bento_model.session, bento_model.standardizer.transform(rows)).argmax(1)
+    expected = onnx_predict(bento_model[1], rows).argmax(1)
     assert [r.json()["predictions"][0]["label"] for r in responses] == expected.tolist()
+
+
+def test_bentomls_own_client_works_against_the_bento(server, test_split):
+    url, _, _ = server
+    with bentoml.SyncHTTPClient(url) as client:
+        body = client.predict(instances=test_split[0][:2].tolist())
+    assert len(body["predictions"]) == 2 and body["model_name"]
+
+
+def test_bentoml_serve_from_the_project_folder_serves_the_same_champion(built_project, test_split):
+    features, labels = test_split
+    with served("", cwd=built_project, env=project_env(built_project)) as url:
+        meta = httpx.get(f"{url}/model/metadata", timeout=10).json()
+        body = predict(url, features[:20].tolist()).json()
+    settings = load_settings(built_project, environ={})
+    assert meta["model_version"] == str(champion(settings.registry.model_name, settings).version)
+    assert sum(p["label"] == y for p, y in zip(body["predictions"], labels[:20])) >= 18
+
+
+def test_an_api_key_is_required_when_set_and_compared_for_the_exact_value(built_project, tmp_path):
+    env = project_env(built_project, MLOPS_NB_SERVING_API_KEY_ENV="SERVING_API_KEY", SERVING_API_KEY="s3cret-key",
+                      MLOPS_NB_MONITORING_PREDICTION_LOG=str(tmp_path / "p.jsonl"))
+    with served(bento_tag(built_project), cwd=built_project, env=env) as url:
+        assert predict(url, [ROW]).status_code == 401
+        wrong = predict(url, [ROW], headers={"authorization": "Bearer s3cret-kez"})
+        assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+        assert "API key" in wrong.json()["message"]
+        assert httpx.get(f"{url}/model/metadata", timeout=10).status_code == 401
+        assert predict(url, [ROW], headers={"authorization": "Bearer s3cret-key"}).status_code == 200
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+        assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+        spec = httpx.get(f"{url}/docs.json", timeout=10).json()
+        assert spec["paths"]["/predict"]["post"]["security"] == [{"apiKey": []}]
+
+
+def test_an_unwritable_prediction_log_drops_records_never_requests(built_project, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    log = tmp_path / "serve.log"
+    env = project_env(built_project, MLOPS_NB_MONITORING_PREDICTION_LOG=str(tmp_path / "a-file/predictions.jsonl"))
+    with served(bento_tag(built_project), cwd=built_project, env=env, log=log) as url:
+        assert [predict(url, [ROW]).status_code for _ in range(20)] == [200] * 20
+        metrics = ""
+        for _ in range(100):
+            metrics = httpx.get(f"{url}/metrics", timeout=10).text
+            if "mlops_nb_prediction_log_dropped_total 20.0" in metrics:
+                break
+            __import__("time").sleep(0.05)
+        assert "mlops_nb_prediction_log_dropped_total 20.0" in metrics
+    assert log.read_text().count("dropping records because writing failed") == 1
+
+
+def test_schemathesis_finds_no_contract_failure_in_the_served_bento(server, tmp_path):
+    url, _, _ = server
+    result = subprocess.run(
+        [str(BIN / "schemathesis"), "run", f"{url}/docs.json", "--checks", "all", "--max-examples", "500",
+         "--max-failures", "5", "--request-timeout", "20", "--suppress-health-check", "all", "--no-color",
+         "--generation-database", "none"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=project_env(tmp_path))
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+def test_the_gpu_bento_variant_builds_with_the_cuda_runtime_and_device_cuda(built_project):
+    out = subprocess.run([str(BIN / "mlops-nb"), "bento", "--gpu"], cwd=built_project, env=project_env(built_project),
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    tag = json.loads(out.stdout)["bento_tag"]
+    name, version = tag.split(":")
+    config = __import__("yaml").safe_load((built_project / ".bentoml/bentos" / name / version / "bento.yaml").read_text())
+    assert name == "digits_service-gpu" and config["labels"]["runtime"] == "cuda"
+    assert "onnxruntime-gpu[cuda,cudnn]==1.31.1" in config["python"]["packages"]
+    assert not [p for p in config["python"]["packages"] if p.startswith("onnxruntime==")]
+    assert config["docker"]["cuda_version"] == "12.8.1"
+    assert {e["name"]: e["value"] for e in config["envs"]}["MLOPS_NB_SERVING_DEVICE"] == "cuda"

@@ -66,3 +66,10 @@ def test_relative_paths_resolve_against_the_project_root(tmp_path):
                       environ={})
     assert s.data_source == str(tmp_path / "data/x.csv")
     assert s.tracking_uri == f"sqlite:///{tmp_path / 'db/m.db'}"
+
+
+def test_the_api_key_setting_names_a_variable_never_a_settings_one(tmp_path):
+    assert load_settings(write(tmp_path, "[serving]\napi_key_env = SERVING_API_KEY\n"), environ={}).serving.api_key_env \
+        == "SERVING_API_KEY"
+    with pytest.raises(SettingsError, match="does not start with MLOPS_NB_"):
+        load_settings(write(tmp_path, "[serving]\napi_key_env = MLOPS_NB_KEY\n"), environ={})

@@ -1,0 +1,69 @@
+"""The served API's OpenAPI document: the contract, with the row width and bounds of the model and every error
+body as it is sent (schemathesis checks the bento against it)."""
+
+from __future__ import annotations
+
+from mlops_nb.contracts import ModelCard
+
+__all__ = ["openapi_document"]
+
+ERROR = {"type": "object", "required": ["error", "message"], "properties": {
+    "error": {"type": "string", "description": "machine-readable code, e.g. invalid_input"},
+    "message": {"type": "string", "description": "what was wrong and what to do"},
+    "request_id": {"type": "string"},
+    "errors": {"type": "array", "description": "per-row reasons (the first few)", "items": {
+        "type": "object", "required": ["field", "reason"], "properties": {
+            "field": {"type": "string", "description": "e.g. instances[0][3]"},
+            "reason": {"type": "string"},
+            "row": {"type": "integer", "nullable": True}}}}}}
+
+
+def _errors(*codes: int) -> dict:
+    words = {400: "invalid JSON or rows (the field is named)", 401: "missing or wrong API key",
+             413: "body larger than [serving] max_body_bytes", 415: "body not sent as application/json",
+             503: "overloaded or still loading: retry after Retry-After seconds"}
+    return {str(code): {"description": words[code], "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Error"}}}} for code in codes}
+
+
+def openapi_document(card: ModelCard, *, max_rows: int, api_key: bool, title: str) -> dict:
+    """OpenAPI 3.0 for `POST /predict` and `GET /model/metadata` of `card`'s model."""
+    row = {"type": "array", "minItems": card.n_features, "maxItems": card.n_features,
+           "description": f"raw values of the {card.n_features} features, in order: {', '.join(card.features[:8])}"
+                          + (", ..." if card.n_features > 8 else ""),
+           "items": {"type": "number", "minimum": card.feature_min, "maximum": card.feature_max}}
+    request = {"type": "object", "required": ["instances"], "additionalProperties": False, "properties": {
+        "instances": {"type": "array", "minItems": 1, "maxItems": max_rows, "items": row}}}
+    response = {"type": "object", "required": ["predictions", "model_name", "model_version", "request_id"],
+                "properties": {
+                    "predictions": {"type": "array", "items": {
+                        "type": "object", "required": ["label", "probabilities"], "properties": {
+                            "label": {"type": "integer"},
+                            "probabilities": {"type": "array", "items": {"type": "number"}}}}},
+                    "model_name": {"type": "string"}, "model_version": {"type": "string", "nullable": True},
+                    "request_id": {"type": "string"}}}
+    secured = [{"apiKey": []}] if api_key else []
+    protected = (401,) if api_key else ()
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": title, "version": str(card.model_version),
+                 "description": f"{card.model_name} version {card.model_version}, served by mlops-nb"},
+        "paths": {
+            "/predict": {"post": {
+                "operationId": "predict", "summary": "classify rows of raw feature values", "security": secured,
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/PredictRequest"}}}},
+                "responses": {"200": {"description": "a label and class probabilities per row", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}}}},
+                    **_errors(400, *protected, 413, 415, 503)}}},
+            "/model/metadata": {"get": {
+                "operationId": "metadata", "summary": "the model card and the ONNX Runtime provider in use",
+                "security": secured,
+                "responses": {"200": {"description": "model card, provider, batching", "content": {
+                    "application/json": {"schema": {"type": "object", "required": ["model_name", "provider"],
+                                                    "properties": {"model_name": {"type": "string"},
+                                                                   "provider": {"type": "string"}}}}}},
+                    **_errors(*protected, 503)}}}},
+        "components": {"schemas": {"PredictRequest": request, "PredictResponse": response, "Error": ERROR},
+                       **({"securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}}} if api_key else {})},
+    }

@@ -1,0 +1,125 @@
+"""The scoring core every route uses: validate rows -> score with ONNX Runtime -> log; no HTTP here."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mlops_nb.contracts import ModelCard
+
+__all__ = ["RowError", "InvalidInput", "validate_rows", "ScoringCore"]
+
+MAX_REASONS = 20  # per-row reasons returned for one request
+
+
+@dataclass(frozen=True)
+class RowError:
+    """Why one row (or the request as a whole, `row` None) was rejected; `field` names the place."""
+
+    field: str
+    reason: str
+    row: int | None = None
+
+
+@dataclass
+class InvalidInput(ValueError):
+    """The request's rows failed validation; `errors` holds the reasons (the first few)."""
+
+    errors: list[RowError] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return "; ".join(f"{e.field}: {e.reason}" for e in self.errors)
+
+
+def _value_reason(value, low: float, high: float) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a number, got {type(value).__name__} {value!r:.40}"
+    if not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    if not low <= value <= high:
+        return f"{value} is outside the allowed range [{low}, {high}]"
+    return None
+
+
+def _row_errors(rows: list, *, n_features: int, low: float, high: float) -> list[RowError]:
+    """Every problem, row by row (the slow path, taken only for a request that fails the fast check)."""
+    errors = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, list):
+            errors.append(RowError(f"instances[{i}]", f"must be a list of {n_features} numbers", i))
+        elif len(row) != n_features:
+            errors.append(RowError(f"instances[{i}]", f"has {len(row)} values; expected {n_features}", i))
+        else:
+            errors += [RowError(f"instances[{i}][{j}]", reason, i) for j, value in enumerate(row)
+                       if (reason := _value_reason(value, low, high))]
+        if len(errors) >= MAX_REASONS:
+            break
+    return errors[:MAX_REASONS]
+
+
+def validate_rows(rows, *, n_features: int, low: float, high: float, max_rows: int,
+                  numbers_only: bool = False) -> np.ndarray:
+    """Rows of raw feature values as a float32 array; `InvalidInput` with per-row reasons otherwise.
+
+    `numbers_only` says the caller has established that the rows hold nothing but lists and numbers (no strings,
+    booleans or nulls, which numpy would convert): the whole request is then checked at once, and only a request
+    that fails is examined row by row. Otherwise every value is checked.
+    """
+    if not isinstance(rows, list):
+        raise InvalidInput([RowError("instances", f"must be a list of rows, got {type(rows).__name__}")])
+    if not 1 <= len(rows) <= max_rows:
+        raise InvalidInput([RowError("instances", f"holds {len(rows)} rows; send 1 to {max_rows} "
+                                                  "([serving] max_rows_per_request)")])
+    if numbers_only:
+        try:
+            array = np.array(rows, dtype=np.float64)
+        except (ValueError, TypeError):
+            array = None
+        if array is not None and array.ndim == 2 and array.shape[1] == n_features and np.isfinite(array).all() \
+                and array.min() >= low and array.max() <= high:
+            return array.astype(np.float32)
+    if errors := _row_errors(rows, n_features=n_features, low=low, high=high):
+        raise InvalidInput(errors)
+    return np.asarray(rows, dtype=np.float32)
+
+
+class ScoringCore:
+    """One model version, loaded once per process: validates, scores and answers; routes are codecs over it."""
+
+    def __init__(self, model_dir: Path | str, card: ModelCard, *, device: str = "cpu", max_rows: int = 1024):
+        from mlops_nb.onnx_export import ort_session
+
+        self.card = card
+        self.max_rows = max_rows
+        self.session = ort_session(Path(model_dir) / "model.onnx", device)
+        self.provider = self.session.get_providers()[0]
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [self.session.get_outputs()[0].name]
+
+    def validate(self, rows, *, numbers_only: bool = False) -> np.ndarray:
+        """`validate_rows` with this model's contract."""
+        return validate_rows(rows, n_features=self.card.n_features, low=self.card.feature_min,
+                             high=self.card.feature_max, max_rows=self.max_rows, numbers_only=numbers_only)
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Class probabilities for validated raw rows (float32)."""
+        return self.session.run(self.output_names, {self.input_name: features})[0]
+
+    def answer(self, probabilities: np.ndarray, request_id: str) -> dict:
+        """The response body: a label and probabilities per row, the model's name and version, the request id."""
+        labels = probabilities.argmax(axis=1)
+        return {"predictions": [{"label": int(label), "probabilities": row}
+                                for label, row in zip(labels.tolist(), probabilities)],
+                "model_name": self.card.model_name, "model_version": self.card.model_version,
+                "request_id": request_id}
+
+    def record(self, rows: list, probabilities: np.ndarray, request_id: str, started: float) -> dict:
+        """The prediction-log record of an answered request (serialized later, off the request path)."""
+        return {"schema_version": 1, "request_id": request_id, "time": time.time(),
+                "model_name": self.card.model_name, "model_version": self.card.model_version, "role": "champion",
+                "subject": None, "inputs": rows, "labels": probabilities.argmax(axis=1),
+                "confidence": probabilities.max(axis=1), "latency_ms": (time.perf_counter() - started) * 1000}

@@ -1,0 +1,98 @@
+"""The BentoML service that `bentoml serve` starts, from the project folder or from the built bento."""
+
+# One process validates, scores with ONNX Runtime in-process and answers (`Endpoint`, in front of BentoML's app);
+# the model is the one the bento step imported from the registry, with its model card.
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import bentoml
+
+from mlops_nb.contracts import ModelCard
+from mlops_nb.settings import load_settings
+
+logger = logging.getLogger("bentoml.mlops_nb")
+
+
+def _project_root() -> Path | None:
+    here = Path(__file__).resolve().parents[2]
+    return here if (here / "settings.ini").is_file() else None
+
+
+SETTINGS = load_settings(_project_root())
+SERVING = SETTINGS.serving
+MODEL = bentoml.models.BentoModel(f"{SETTINGS.registry.model_name}:latest")
+RESOURCES = {"gpu": SERVING.gpus} if SERVING.gpus else {"cpu": "1"}
+ENDPOINTS = []  # this process's Endpoint (BentoML makes the app before the service instance)
+
+
+class ProjectService(bentoml.Service):
+    """A BentoML service whose app has the project's `Endpoint` in front (the fast path for its routes)."""
+
+    def to_asgi(self, is_main: bool = True):
+        from mlops_nb.serving.http import Endpoint
+
+        ENDPOINTS.append(Endpoint(super().to_asgi(is_main), SERVING))
+        return ENDPOINTS[-1]
+
+
+@bentoml.service(name=SERVING.service_name, workers=SERVING.workers, resources=RESOURCES,
+                 traffic={"timeout": SERVING.timeout_s}, service_class=ProjectService)
+class ModelService:
+    """Classifies rows of raw feature values with the registry's champion (ONNX Runtime, CUDA or CPU)."""
+
+    model = MODEL
+
+    def __init__(self) -> None:
+        from mlops_nb.serving.openapi import openapi_document
+        from mlops_nb.serving.scoring import ScoringCore
+
+        card = ModelCard.model_validate_json(Path(self.model.path_of("model_card.json")).read_text())
+        self.core = ScoringCore(self.model.path, card, device=SERVING.device, max_rows=SERVING.max_rows_per_request)
+        self.log = None
+        logger.info("serving %s version %s on %s (batching %s)", card.model_name, card.model_version,
+                    self.core.provider, SERVING.batching)
+        for endpoint in ENDPOINTS:
+            self._attach(endpoint, openapi_document)
+
+    def _attach(self, endpoint, openapi_document) -> None:
+        """Give the HTTP front this worker's scoring core, log writer, metrics, batcher and API key."""
+        from mlops_nb.serving.batching import Batcher
+        from mlops_nb.serving.metrics import ServingMetrics
+        from mlops_nb.serving.prediction_log import PredictionLogWriter
+
+        metrics = ServingMetrics()
+        card = self.core.card
+        metrics.model.labels(card.model_name, str(card.model_version), card.variant, self.core.provider).set(1)
+        if SETTINGS.monitoring.log_predictions:
+            self.log = PredictionLogWriter(SETTINGS.path(SETTINGS.monitoring.prediction_log),
+                                           on_drop=metrics.log_dropped.inc)
+            logger.info("logging predictions to %s", self.log.path)
+        if SERVING.api_key_env:
+            key = os.environ.get(SERVING.api_key_env)
+            if not key:
+                raise RuntimeError(f"[serving] api_key_env = {SERVING.api_key_env}, but that environment variable "
+                                   "is empty: set it to the API key, or clear the setting to serve without one")
+            endpoint.api_key = key.encode()
+        if SERVING.batching == "adaptive":
+            endpoint.batcher = Batcher(self.core.score, max_batch_size=SERVING.max_batch_size,
+                                       max_latency_ms=SERVING.max_latency_ms)
+        endpoint.openapi = openapi_document(card, max_rows=SERVING.max_rows_per_request,
+                                            api_key=endpoint.api_key is not None, title=SERVING.service_name)
+        endpoint.log, endpoint.metrics, endpoint.core = self.log, metrics, self.core
+
+    @bentoml.api
+    def predict(self, instances: list[list[float]]) -> dict:
+        """Classify rows of raw feature values (served over HTTP by the project's front, `Endpoint`)."""
+        import secrets
+
+        return self.core.answer(self.core.score(self.core.validate(instances)), secrets.token_hex(8))
+
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        """Flush the prediction log before the worker exits (uvicorn drained in-flight requests first)."""
+        if self.log:
+            self.log.close()
