@@ -1,5 +1,6 @@
 """Hand runs (JupyterLab, nbval) read the build's products and write to the scratch area, never to the build."""
 
+import os
 import sqlite3
 
 import mlflow
@@ -51,7 +52,7 @@ def test_a_new_build_resets_the_scratch_area_and_a_rerun_keeps_it(project, monke
     scratch = open_scratch(settings)
     (scratch.products / "mine.json").parent.mkdir(parents=True)
     (scratch.products / "mine.json").write_text("{}")
-    monkeypatch.setattr("os.environ", {**__import__("os").environ})  # the same process opening it again
+    monkeypatch.setattr("os.environ", {**os.environ})  # the same process opening it again
     assert open_scratch(settings) == scratch and (scratch.products / "mine.json").exists()
     connect(settings)  # the build's store changes: a new run
     with mlflow.start_run():

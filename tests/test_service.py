@@ -3,11 +3,14 @@
 import asyncio
 import json
 import subprocess
+import time
+from pathlib import Path
 
 import bentoml
 import httpx
 import numpy as np
 import pytest
+import yaml
 from conftest import BIN, FAST_EPOCHS, project_env, run_build
 
 from mlops_nb.monitoring import read_prediction_log
@@ -47,7 +50,7 @@ def bento_model(built_project):
     settings = load_settings(built_project, environ={})
     out = subprocess.run([str(BIN / "python"), "-c", code, settings.registry.model_name],
                          env=project_env(built_project), capture_output=True, text=True, check=True).stdout
-    path = __import__("pathlib").Path(out.strip().splitlines()[-1])
+    path = Path(out.strip().splitlines()[-1])
     return json.loads((path / CARD).read_text()), ort_session(path / "model.onnx")
 
 
@@ -89,7 +92,7 @@ def test_every_answer_carries_a_request_id_that_is_in_its_prediction_log_line(se
         records = {r["request_id"]: r for r in read_prediction_log(predictions)} if predictions.exists() else {}
         if body["request_id"] in records:
             break
-        __import__("time").sleep(0.05)
+        time.sleep(0.05)
     record = records[body["request_id"]]
     assert record["inputs"] == features[:3].tolist() and record["model_version"] == body["model_version"]
     assert record["labels"] == [p["label"] for p in body["predictions"]] and record["role"] == "champion"
@@ -228,7 +231,7 @@ def test_an_unwritable_prediction_log_drops_records_never_requests(built_project
             metrics = httpx.get(f"{url}/metrics", timeout=10).text
             if "mlops_nb_prediction_log_dropped_total 20.0" in metrics:
                 break
-            __import__("time").sleep(0.05)
+            time.sleep(0.05)
         assert "mlops_nb_prediction_log_dropped_total 20.0" in metrics
     assert log.read_text().count("dropping records because writing failed") == 1
 
@@ -249,7 +252,7 @@ def test_the_gpu_bento_variant_builds_with_the_cuda_runtime_and_device_cuda(buil
     assert out.returncode == 0, out.stderr[-3000:]
     tag = json.loads(out.stdout)["bento_tag"]
     name, version = tag.split(":")
-    config = __import__("yaml").safe_load((built_project / ".bentoml/bentos" / name / version / "bento.yaml").read_text())
+    config = yaml.safe_load((built_project / ".bentoml/bentos" / name / version / "bento.yaml").read_text())
     assert name == "digits_service-gpu" and config["labels"]["runtime"] == "cuda"
     assert "onnxruntime-gpu[cuda,cudnn]==1.31.1" in config["python"]["packages"]
     assert not [p for p in config["python"]["packages"] if p.startswith("onnxruntime==")]

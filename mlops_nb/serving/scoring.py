@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlops_nb.contracts import ModelCard
+from mlops_nb.contracts import PREDICTION_LOG_SCHEMA, ModelCard
 
 __all__ = ["RowError", "InvalidInput", "validate_rows", "ScoringCore"]
 
@@ -119,7 +119,7 @@ class ScoringCore:
 
     def record(self, rows: list, probabilities: np.ndarray, request_id: str, started: float) -> dict:
         """The prediction-log record of an answered request (serialized later, off the request path)."""
-        return {"schema_version": 1, "request_id": request_id, "time": time.time(),
+        return {"schema_version": PREDICTION_LOG_SCHEMA, "request_id": request_id, "time": time.time(),
                 "model_name": self.card.model_name, "model_version": self.card.model_version, "role": "champion",
                 "subject": None, "inputs": rows, "labels": probabilities.argmax(axis=1),
                 "confidence": probabilities.max(axis=1), "latency_ms": (time.perf_counter() - started) * 1000}
