@@ -1,4 +1,4 @@
-"""`mlops-nb`: a thin command line over the library (build, lab, lint, clean, bento, settings, champion)."""
+"""`mlops-nb`: a thin command line over the library (new, lab, lint, check-export, clean, bento, settings, ...)."""
 
 from __future__ import annotations
 
@@ -6,19 +6,12 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from mlops_nb.settings import SettingsError, load_settings
 
 __all__ = ["main"]
-
-
-def _build(args) -> int:
-    from mlops_nb.pipeline import build
-
-    report = build(force=args.force, epochs=args.epochs, seed=args.seed)
-    print(report)
-    return 0
 
 
 def _lab(args) -> int:
@@ -32,18 +25,52 @@ def _lab(args) -> int:
 
 
 def _lint(args) -> int:
-    from mlops_nb.lint import overridden_parameters
-    from mlops_nb.notebook_clean import clean_file
-    from mlops_nb.pipeline import make_dag
+    from mlops_nb.notebook_lint import at_or_above, lint_paths, to_json
 
-    findings = [str(f) for f in overridden_parameters(make_dag())]
+    if args.paths:
+        findings = lint_paths(args.paths)
+    else:  # the project: its notebooks, plus the checks that need its DAG
+        from mlops_nb.lint import overridden_parameters, unclean_notebooks
+        from mlops_nb.pipeline import dag_for
+
+        settings = load_settings()
+        notebooks = sorted((settings.root / "notebooks").glob("*.ipynb"))
+        findings = [replace(f, notebook=str(Path(f.notebook).relative_to(settings.root))) for f in lint_paths(notebooks)]
+        findings += overridden_parameters(dag_for(settings), settings.root) + unclean_notebooks(notebooks, settings.root)
+    failing = at_or_above(findings, args.fail_on)
+    if args.json:
+        print(to_json(findings))
+    else:
+        for finding in findings:
+            print(finding)
+        print(f"{len(findings)} finding(s), {len(failing)} at or above {args.fail_on}" if findings else
+              "no findings", file=sys.stderr)
+    return 1 if failing else 0
+
+
+def _check_export(args) -> int:
+    from mlops_nb.export_check import FIX, stale_exports
+
     root = load_settings().root
-    findings += [f"{path.relative_to(root)}: not clean (a save in JupyterLab would change it): run `mlops-nb clean`"
-                 for path in sorted((root / "notebooks").glob("*.ipynb")) if clean_file(path, check=True)]
-    for finding in findings:
-        print(finding)
-    print(f"{len(findings)} problem(s) found" if findings else "no problems found", file=sys.stderr)
-    return 1 if findings else 0
+    stale = stale_exports(root)
+    for item in stale:
+        print(item)
+    print(f"stale: run `{FIX}`" if stale else "the exported package matches the notebooks", file=sys.stderr)
+    return 1 if stale else 0
+
+
+def _new(args) -> int:
+    from mlops_nb.scaffold import ScaffoldError, new_project
+
+    try:
+        root = new_project(args.dest, args.data, args.target)
+    except ScaffoldError as error:
+        print(f"mlops-nb new: {error}", file=sys.stderr)
+        return 2
+    commands = (root / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0]
+    print(f"made {root} (see its README.md). Build and test it:\n\n  cd {root}\n" +
+          "".join(f"  {line}\n" for line in commands.splitlines()))
+    return 0
 
 
 def _clean(args) -> int:
@@ -95,17 +122,23 @@ def _champion(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlops-nb", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    build = commands.add_parser("build", help="build the DAG incrementally (same as `ploomber build -e "
-                                              "mlops_nb.pipeline.make_dag`)")
-    build.add_argument("--epochs", type=int, help="override [training] epochs for this build")
-    build.add_argument("--seed", type=int, help="override [training] seed for this build")
-    build.add_argument("--force", action="store_true", help="re-run every task")
-    build.set_defaults(run=_build)
+    new = commands.add_parser("new", help="make a project on your own tabular classification data (CSV or Parquet)")
+    new.add_argument("dest", type=Path, help="the new project's folder (new or empty)")
+    new.add_argument("--data", type=Path, required=True, help="a CSV or Parquet file: numeric features and a label")
+    new.add_argument("--target", required=True, help="the label column (integer or string labels)")
+    new.set_defaults(run=_new)
     lab = commands.add_parser("lab", help="start JupyterLab with the project's Jupyter configuration; extra "
                                           "arguments go to `jupyter lab`")
     lab.set_defaults(run=_lab, passes_args=True)
-    commands.add_parser("lint", help="report notebook parameters a build would override, and notebooks that are "
-                                     "not clean").set_defaults(run=_lint)
+    lint = commands.add_parser("lint", help="production-readiness findings for notebooks (default: the project's, "
+                                            "with the checks that need its DAG)")
+    lint.add_argument("paths", nargs="*", type=Path)
+    lint.add_argument("--json", action="store_true", help="findings as JSON (rule, severity, notebook, cell, ...)")
+    lint.add_argument("--fail-on", choices=["error", "warning", "info"], default="warning",
+                      help="exit 1 when a finding has this severity or a higher one (default: warning)")
+    lint.set_defaults(run=_lint)
+    commands.add_parser("check-export", help="is the nbdev export current? (exit 1 naming each stale module); a "
+                                             "build runs the same check first").set_defaults(run=_check_export)
     clean = commands.add_parser("clean", help="clean notebooks as JupyterLab's save does (default: notebooks/)")
     clean.add_argument("paths", nargs="*", type=Path)
     clean.add_argument("--check", action="store_true", help="only report notebooks that are not clean (exit 1)")

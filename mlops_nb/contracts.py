@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ModelCard", "PredictionRecord", "PREDICTION_LOG_SCHEMA", "METRICS"]
+__all__ = ["ModelCard", "PredictionRecord", "PREDICTION_LOG_SCHEMA", "METRICS", "TAG_PREFIX"]
 
 PREDICTION_LOG_SCHEMA = 1
+TAG_PREFIX = "mlops_nb."  # every tag the project writes on runs and registered versions
 
 
 class ModelCard(BaseModel):
-    """A registered model version as serving, batch scoring and monitoring need it (stored with the bento model)."""
+    """A registered model version as serving, batch scoring and monitoring need it.
+
+    Stored with the registered version (as `model_card.json` and as its registry tags, `to_tags`/`from_tags`) and
+    with the bento model. `feature_min`/`feature_max` are the range the training split spans (its profile).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -20,19 +26,40 @@ class ModelCard(BaseModel):
     model_version: str | None = Field(None, description="the registry version; None until registered")
     run_id: str
     variant: str = Field(description="fp32 or int8: the exported variant that passed its gates")
+    variant_reason: str = Field("", description="why this variant serves, in words")
     input_contract: Literal["raw"] = Field(
         "raw", description="raw: rows of raw feature values, preprocessing inside the ONNX graph")
     features: list[str]
+    classes: list[int] | list[str] = Field(description="class labels, in the order of the model's outputs")
     feature_min: float
     feature_max: float
     data_sha256: str
     onnx_sha256: str
     weights_sha256: str
-    test_accuracy: float
+    test_accuracy: float = Field(description="the served variant's accuracy on the test split: what gates compare")
+    parity_max_abs_diff: float = Field(description="max |onnx - torch| over the test split's probabilities")
 
     @property
     def n_features(self) -> int:
         return len(self.features)
+
+    def to_tags(self) -> dict[str, str]:
+        """The card as registry tags (`mlops_nb.<field>`): strings as they are, other values as JSON."""
+        return {TAG_PREFIX + key: value if isinstance(value, str) else json.dumps(value)
+                for key, value in self.model_dump(mode="json", exclude={"model_version"}).items()}
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str], version: str | None = None) -> "ModelCard":
+        """Read a card back from a registered version's tags; raises `ValueError` naming what is missing."""
+        fields = {name: f for name, f in cls.model_fields.items() if name != "model_version"}
+        missing = sorted(TAG_PREFIX + name for name, f in fields.items() if f.is_required() and
+                         TAG_PREFIX + name not in tags)
+        if missing:
+            raise ValueError(f"no model card in the registry tags (missing {', '.join(missing)})")
+        text = {name for name, f in fields.items() if f.annotation is str or get_origin(f.annotation) is Literal}
+        values = {name: tags[TAG_PREFIX + name] if name in text else json.loads(tags[TAG_PREFIX + name])
+                  for name in fields if TAG_PREFIX + name in tags}
+        return cls.model_validate({**values, "model_version": version})
 
 
 class PredictionRecord(BaseModel):
@@ -48,7 +75,7 @@ class PredictionRecord(BaseModel):
     role: Literal["champion", "challenger", "canary", "shadow", "fallback"] = "champion"
     subject: str | None = Field(None, description="optional key of whatever the request is about")
     inputs: list[list[float]]
-    labels: list[int]
+    labels: list[int] | list[str]
     confidence: list[float]
     latency_ms: float
 

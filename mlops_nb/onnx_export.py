@@ -24,22 +24,24 @@ def _serving_model(model, standardizer):
     import torch
 
     class ServingModel(torch.nn.Module):
-        """Raw feature rows -> class probabilities: standardization, the classifier and softmax in one graph."""
+        """Raw feature rows -> class probabilities: missing values filled, standardization, the classifier and
+        softmax in one graph."""
 
-        def __init__(self, inner, mean, scale):
+        def __init__(self, inner, standardizer):
             super().__init__()
             self.inner = inner
-            self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
-            self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+            for name in ("fill", "mean", "scale"):
+                self.register_buffer(name, torch.as_tensor(getattr(standardizer, name), dtype=torch.float32))
 
         def forward(self, x):
+            x = torch.where(torch.isnan(x), self.fill, x)
             return torch.softmax(self.inner((x - self.mean) / self.scale), dim=1)
 
-    return ServingModel(model, standardizer.mean, standardizer.scale).eval()
+    return ServingModel(model, standardizer).eval()
 
 
 def export_onnx(model, standardizer, path: Path | str, *, opset: int = 18) -> Path:
-    """Export `model` (logits) with its `standardizer` folded in: `features[batch, n]` of raw values ->
+    """Export `model` (logits) with its `standardizer` folded in: `features[batch, n]` of raw values (NaN: missing) ->
     `probabilities[batch, classes]`. Any ONNX consumer then gives the same answers, preprocessing included."""
     import onnx
     import torch

@@ -1,7 +1,8 @@
-"""Thin adapter around ploomber: settings.ini -> pipeline.yaml params, builds, and notebooks run by hand."""
+"""Thin adapter around ploomber: the DAG from dag.yaml with settings.ini sections as params, and hand runs."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import shutil
@@ -10,12 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+import nbformat
+import yaml
+
 from mlops_nb.settings import Settings, load_settings
 
-__all__ = ["pipeline_env", "param_source", "make_dag", "dag_for", "build", "TaskContext", "task_context",
-           "discard_failed_products", "record_notebooks"]
+__all__ = ["pipeline_env", "param_source", "code_files", "make_dag", "dag_for", "TaskContext", "task_context",
+           "discard_failed_products", "record_notebooks", "SECTIONS", "WIRING"]
 
 FRAMEWORK = Path(__file__).resolve().parent
+WIRING = "dag.yaml"  # the tasks: sources, products, params; pipeline.yaml points ploomber at make_dag
+SECTIONS = {name: field.annotation for name, field in Settings.model_fields.items() if name != "root"}
 TELEMETRY_OFF = {"PLOOMBER_STATS_ENABLED": "false", "BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "1",
                  "MLFLOW_DISABLE_TELEMETRY": "true"}
 
@@ -39,90 +45,123 @@ def data_fingerprint(source: str) -> str:
     return file_sha256(source) if Path(source).is_file() else f"missing:{source}"
 
 
-def files_sha256(*paths: Path) -> str:
-    """One SHA-256 over the names and bytes of files (folders: their *.py files), for params that track code."""
+def files_sha256(files, root: Path) -> str:
+    """One SHA-256 over files' names (relative to `root` where they lie in it) and bytes, for params that track code."""
     from mlops_nb.products import file_sha256
 
-    files = sorted(f for p in paths for f in (sorted(p.rglob("*.py")) if p.is_dir() else [p]))
-    return hashlib.sha256("".join(f"{f.name}:{file_sha256(f)}" for f in files).encode()).hexdigest()
+    names = sorted(f"{f.relative_to(root) if f.is_relative_to(root) else f.relative_to(FRAMEWORK.parent)}:"
+                   f"{file_sha256(f)}" for f in files)
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
 
-# pipeline.yaml placeholder -> the settings.ini [section] key it comes from
-SETTING_PARAMS = {
-    "data_source": ("data", "source"), "target": ("data", "target"), "val_fraction": ("data", "val_fraction"),
-    "test_fraction": ("data", "test_fraction"), "feature_min": ("data", "feature_min"),
-    "feature_max": ("data", "feature_max"), "min_class_fraction": ("data", "min_class_fraction"),
-    **{key: ("training", key) for key in ("seed", "epochs", "batch_size", "learning_rate", "weight_decay",
-                                          "hidden_sizes", "dropout", "torch_threads")},
-    **{key: ("export", key) for key in ("opset", "parity_tolerance", "int8_max_accuracy_drop")},
-    "model_name": ("registry", "model_name"), "min_accuracy": ("gates", "min_accuracy"),
-    "max_regression": ("gates", "max_regression"), "service_name": ("serving", "service_name"),
-}
-# placeholders the build computes rather than reads from a setting
+def _imported(source: str, package: str = "") -> set[str]:
+    """Absolute names of what Python code imports (`from a import b` gives `a` and `a.b`, which may be a module)."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(filter(None, [package.rsplit(".", node.level - 1)[0] if node.level else "",
+                                          node.module or ""]))
+            names |= {base, *(f"{base}.{alias.name}" for alias in node.names)}
+    return names
+
+
+def _module_file(name: str, roots) -> Path | None:
+    parts = name.split(".")
+    for root in roots:
+        for candidate in (root.joinpath(*parts).with_suffix(".py"), root.joinpath(*parts, "__init__.py")):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def code_files(notebook: Path, root: Path) -> set[Path]:
+    """The project's and the framework's modules a notebook imports, directly or through other such modules."""
+    cells = nbformat.read(str(notebook), as_version=4).cells
+    code = "\n".join(line for cell in cells if cell.cell_type == "code" for line in cell.source.splitlines()
+                     if not line.lstrip().startswith(("%", "!")))
+    roots, todo, found = (root, FRAMEWORK.parent), sorted(_imported(code)), set()
+    while todo:
+        name = todo.pop()
+        path = _module_file(name, roots)
+        if path is not None and path not in found:
+            found.add(path)
+            todo += _imported(path.read_text(), name if path.name == "__init__.py" else name.rpartition(".")[0])
+    return found
+
+
+# dag.yaml placeholders that are not settings sections, and where their values come from
 COMPUTED_PARAMS = {
-    "products": "[paths] products", "snapshot_store": "[paths] products",
-    "data_fingerprint": "the data file's SHA-256", "code_sha256": "a hash of the framework code (mlops_nb/)",
-    "bento_sha256": "a hash of the framework code, bentofile.yaml and settings.ini",
+    "products": "[paths] products in settings.ini", "snapshot_store": "[paths] products in settings.ini",
+    "seed": "[training] seed in settings.ini",
+    "data_fingerprint": "the data file's SHA-256 (or scikit-learn's version for digits)",
+    "code_sha256": "a SHA-256 of the project and mlops_nb modules this notebook imports",
+    "bento_sha256": "a SHA-256 of what bentofile.yaml puts in the bento (serving code, settings.ini)",
 }
 
 
 def pipeline_env(settings: Settings) -> dict:
-    """The values pipeline.yaml's {{placeholders}} take: every setting that shapes a product."""
-    env = {name: getattr(getattr(settings, section), key) for name, (section, key) in SETTING_PARAMS.items()}
-    env.update({
-        "data_source": settings.data_source, "hidden_sizes": list(settings.training.hidden_sizes),
-        "products": str(settings.products_dir), "snapshot_store": str(settings.products_dir / "snapshots"),
-        "data_fingerprint": data_fingerprint(settings.data_source),
-        # framework code and serving files are not notebook sources: hashing them makes a change re-run their tasks
-        "code_sha256": files_sha256(FRAMEWORK),
-        "bento_sha256": files_sha256(FRAMEWORK, settings.root / "bentofile.yaml", settings.root / "settings.ini"),
-    })
+    """The values dag.yaml's {{placeholders}} take: each settings section whole, and the computed values."""
+    from mlops_nb.serving.bento import bento_sources
+
+    env = {name: getattr(settings, name).model_dump(mode="json") for name in SECTIONS}
+    env["data"]["source"] = settings.data_source
+    env.update(products=str(settings.products_dir), data_fingerprint=data_fingerprint(settings.data_source),
+               bento_sha256=files_sha256(bento_sources(settings.root).values(), settings.root))
     return env
 
 
 def param_source(name: str) -> str:
-    """Where the build takes a task param from, in words: `[training] epochs in settings.ini`, or how it is computed."""
-    if name in SETTING_PARAMS:
-        section, key = SETTING_PARAMS[name]
-        return f"[{section}] {key} in settings.ini"
-    return COMPUTED_PARAMS.get(name, "pipeline.yaml")
+    """Where a build takes a task param from, in words (`the [training] section of settings.ini`)."""
+    if name in SECTIONS:
+        return f"the [{name}] section of settings.ini"
+    return COMPUTED_PARAMS.get(name, WIRING)
 
 
-def make_dag(epochs: int = None, seed: int = None, root: str = None):
-    """ploomber entry point (`ploomber build -e mlops_nb.pipeline.make_dag --epochs 1`): the DAG with settings."""
-    telemetry_off()
-    dag = dag_for(load_settings(root), epochs=epochs, seed=seed)
+def make_dag(root: str | None = None):
+    """The factory pipeline.yaml names, so `ploomber build`, `status`, `plot`, `task` and `nb` load the project's DAG.
+
+    It refuses a stale nbdev export and reports notebook parameters that a build would override.
+    """
+    from mlops_nb.export_check import check_exports
     from mlops_nb.lint import overridden_parameters
 
-    for finding in overridden_parameters(dag):
+    telemetry_off()
+    settings = load_settings(root)
+    check_exports(settings.root)
+    dag = dag_for(settings)
+    for finding in overridden_parameters(dag, settings.root):
         print(f"mlops-nb: {finding}", file=sys.stderr)
     return dag
 
 
-def dag_for(settings: Settings, *, epochs: int | None = None, seed: int | None = None):
-    """The ploomber DAG of `settings`' project, with the settings as pipeline.yaml's params."""
+def dag_for(settings: Settings):
+    """The ploomber DAG of `settings`' project: dag.yaml's wiring, settings sections as params, code hashes."""
     from ploomber.spec import DAGSpec
 
-    os.environ["MLOPS_NB_ROOT"] = str(settings.root)  # notebook kernels find the same project
-    env = pipeline_env(settings)
-    env.update({k: v for k, v in {"epochs": epochs, "seed": seed}.items() if v is not None})
+    root = settings.root
+    # notebook kernels find the same project and import its own packages first
+    os.environ["MLOPS_NB_ROOT"] = str(root)
+    paths = [str(root), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    wiring = (root / WIRING).read_text()
+    spec = yaml.safe_load(wiring)
+    for task in spec["tasks"]:
+        if str(task["source"]).endswith(".ipynb"):
+            task.setdefault("params", {})["code_sha256"] = files_sha256(code_files(root / task["source"], root), root)
     cwd = Path.cwd()
-    os.chdir(settings.root)  # ploomber resolves sources relative to the working directory
+    os.chdir(root)  # ploomber resolves sources relative to the working directory
     try:
-        return DAGSpec(str(settings.root / "pipeline.yaml"), env=env).to_dag()
+        env = {key: value for key, value in pipeline_env(settings).items() if "{{" + key in wiring}
+        return DAGSpec(spec, env=env, parent_path=str(root)).to_dag()
     finally:
         os.chdir(cwd)
 
 
-def build(*, force: bool = False, epochs: int | None = None, seed: int | None = None, root=None):
-    """Build the DAG incrementally; returns ploomber's build report (one row per task, with `Ran?`)."""
-    dag = make_dag(epochs=epochs, seed=seed, root=root)
-    return dag.build(force=force, show_progress=False)
-
-
 @dataclass(frozen=True)
 class TaskContext:
-    """What a notebook's wiring cells use: upstream and product paths and params, resolved.
+    """What a notebook's wiring cells use: upstream and product paths and params, resolved (sections typed).
 
     `hand_run` is True outside a build: products then go to the scratch area (see `mlops_nb.scratch`).
     """
@@ -134,32 +173,41 @@ class TaskContext:
     hand_run: bool = False
 
 
+def _typed(name: str, value):
+    """A settings section passed as a param (a dict) as its typed section, validated; other params as they are."""
+    return SECTIONS[name].model_validate(value) if name in SECTIONS and isinstance(value, dict) else value
+
+
 def task_context(name: str, upstream, product, **params) -> TaskContext:
     """Resolve a notebook's parameters cell, whether the pipeline injected it or the notebook runs by hand.
 
-    Under `ploomber build`, the injected values pass through untouched. Run by hand (JupyterLab, nbval)
-    `product` is None: params left as None come from the DAG (i.e. settings.ini), upstream products are read
-    from the build (or from an earlier hand run), and products are written to the scratch area, never to the
-    build's products; MLflow, BentoML and the prediction log point at the scratch area too.
+    Under `ploomber build`, the injected values are used (settings sections typed). Run by hand (JupyterLab,
+    nbval) `product` is None: params left as None come from the DAG (i.e. settings.ini), upstream products are
+    read from the build (or from an earlier hand run), and products are written to the scratch area, never to the
+    build's products; MLflow, BentoML and the prediction log point at the scratch area too. A hand run prints
+    each resolved param and where it came from.
     """
     if product is not None:
-        return TaskContext(name, upstream, product, SimpleNamespace(**params))
+        return TaskContext(name, upstream, product, SimpleNamespace(**{k: _typed(k, v) for k, v in params.items()}))
     from mlops_nb.scratch import build_environ, open_scratch
 
     telemetry_off()
     settings = load_settings(environ=build_environ())
     task = dag_for(settings)[name]
     scratch = open_scratch(settings)
+    resolved = {k: (_scratch_param(task.params[k], settings, scratch), param_source(k)) if v is None else
+                (v, "set in this notebook") for k, v in params.items()}
     context = TaskContext(
         name,
         upstream={up: _paths(t.product, scratch.upstream) for up, t in task.upstream.items()},
         product=_paths(task.product, scratch.product),
-        params=SimpleNamespace(**{k: _scratch_param(task.params[k], settings, scratch) if v is None else v
-                                  for k, v in params.items()}),
+        params=SimpleNamespace(**{k: _typed(k, value) for k, (value, _) in resolved.items()}),
         hand_run=True)
     where = scratch.root.relative_to(settings.root) if scratch.root.is_relative_to(settings.root) else scratch.root
     print(f"Hand run of task {name!r}: reads the build's products, writes to {where}/ (products, MLflow store, "
           "BentoML home, prediction log). The build's products and registry stay untouched.")
+    for key, (value, source) in resolved.items():
+        print(f"  {key} = {value!r}  <- {source}")
     return context
 
 

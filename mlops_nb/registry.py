@@ -10,14 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mlops_nb.settings import Settings
+from mlops_nb.contracts import TAG_PREFIX, ModelCard
+from mlops_nb.settings import GatesSettings, Settings
 from mlops_nb.tracking import connect, resume_run
 
-__all__ = ["GateResult", "evaluate_gates", "register_onnx", "champion", "apply_gates", "download_version",
-           "CHAMPION", "CHALLENGER"]
+__all__ = ["GateResult", "RegistryError", "evaluate_gates", "register_onnx", "champion", "champion_card",
+           "apply_gates", "download_version", "CHAMPION", "CHALLENGER", "CARD_FILE"]
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-ACCURACY_TAG = "mlops_nb.test_accuracy"
+CARD_FILE = "model_card.json"  # the card's copy among the registered version's extra files
 
 
 @dataclass
@@ -49,20 +50,44 @@ def evaluate_gates(accuracy: float, champion_accuracy: float | None, *, min_accu
     return GateResult(passed=all(c["passed"] for c in checks), checks=checks)
 
 
+class RegistryError(RuntimeError):
+    """The registry holds something the gates cannot read (say, a champion without a model card)."""
+
+
 def champion(model_name: str, settings: Settings | None = None):
-    """The registry's current champion version, or None."""
+    """The registry's current champion version, or None when the model or its champion alias does not exist yet.
+
+    Any other registry error (an unreachable server, a broken store) is raised, never read as "no champion".
+    """
     from mlflow.exceptions import MlflowException
 
     client = connect(settings)
     try:
         return client.get_model_version_by_alias(model_name, CHAMPION)
-    except MlflowException:
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST" or (
+                error.error_code == "INVALID_PARAMETER_VALUE" and f"alias {CHAMPION} not found" in error.message):
+            return None
+        raise
+
+
+def champion_card(model_name: str, settings: Settings | None = None) -> ModelCard | None:
+    """The champion's model card, read from its registry tags; None without a champion."""
+    version = champion(model_name, settings)
+    if version is None:
         return None
+    try:
+        return ModelCard.from_tags(version.tags, str(version.version))
+    except ValueError as error:
+        raise RegistryError(f"{model_name} version {version.version} is the champion, but {error}: the regression "
+                            "gate cannot compare with it. Re-register it with a build of this project, or move the "
+                            f"{CHAMPION!r} alias to a version that has one.") from None
 
 
-def register_onnx(*, run_id: str, onnx_path: Path | str, input_example: np.ndarray, model_name: str,
-                  extra: dict[str, dict], tags: dict[str, str], settings: Settings | None = None):
-    """Log the ONNX file (signature, input example, extra JSON files) in the run and register it; returns the version."""
+def register_onnx(*, card: ModelCard, onnx_path: Path | str, input_example: np.ndarray, extra: dict[str, dict],
+                  settings: Settings | None = None):
+    """Log the ONNX file (signature, input example, model card, extra JSON files) in the card's run and register
+    it under the card's model name, with the card as tags; returns the version."""
     import mlflow
     import onnx
     from mlflow.exceptions import MlflowException
@@ -72,9 +97,10 @@ def register_onnx(*, run_id: str, onnx_path: Path | str, input_example: np.ndarr
 
     example = np.asarray(input_example, dtype=np.float32)
     signature = infer_signature(example, onnx_predict(ort_session(onnx_path), example))
-    with tempfile.TemporaryDirectory() as tmp, resume_run(run_id, settings):
+    tags = card.to_tags()
+    with tempfile.TemporaryDirectory() as tmp, resume_run(card.run_id, settings):
         files = []
-        for name, content in extra.items():
+        for name, content in {CARD_FILE: card.model_dump(mode="json"), **extra}.items():
             (Path(tmp) / name).write_text(json.dumps(content))
             files.append(str(Path(tmp) / name))
         info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="model", signature=signature,
@@ -83,28 +109,26 @@ def register_onnx(*, run_id: str, onnx_path: Path | str, input_example: np.ndarr
     # registered through the client, which (unlike `registered_model_name=`) prints no notices to stderr
     client = connect(settings)
     try:
-        client.create_registered_model(model_name)
+        client.create_registered_model(card.model_name)
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    return client.create_model_version(model_name, source=info.model_uri, run_id=run_id, tags=tags,
+    return client.create_model_version(card.model_name, source=info.model_uri, run_id=card.run_id, tags=tags,
                                        model_id=info.model_id)
 
 
-def apply_gates(model_name: str, version: str, accuracy: float, *, min_accuracy: float, max_regression: float,
-                settings: Settings | None = None) -> GateResult:
+def apply_gates(card: ModelCard, version: str, gates: GatesSettings, settings: Settings | None = None) -> GateResult:
     """Give `version` the challenger alias, and champion too when the gates pass; record why on the version."""
     client = connect(settings)
-    current = champion(model_name, settings)
-    current_accuracy = float(current.tags[ACCURACY_TAG]) if current and ACCURACY_TAG in current.tags else None
-    result = evaluate_gates(accuracy, current_accuracy, min_accuracy=min_accuracy, max_regression=max_regression)
-    client.set_registered_model_alias(model_name, CHALLENGER, version)
-    for key, value in {"mlops_nb.gates": json.dumps(asdict(result)), "mlops_nb.gates_passed": str(result.passed),
-                       "mlops_nb.gates_reason": result.reason,
-                       "mlops_nb.champion_before": str(current.version) if current else "none"}.items():
-        client.set_model_version_tag(model_name, version, key, value)
+    current = champion_card(card.model_name, settings)
+    result = evaluate_gates(card.test_accuracy, current.test_accuracy if current else None, **gates)
+    client.set_registered_model_alias(card.model_name, CHALLENGER, version)
+    for key, value in {"gates": json.dumps(asdict(result)), "gates_passed": str(result.passed),
+                       "gates_reason": result.reason,
+                       "champion_before": current.model_version if current else "none"}.items():
+        client.set_model_version_tag(card.model_name, version, TAG_PREFIX + key, value)
     if result.passed:
-        client.set_registered_model_alias(model_name, CHAMPION, version)
+        client.set_registered_model_alias(card.model_name, CHAMPION, version)
     return result
 
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = ["Settings", "SettingsError", "load_settings", "find_project_root", "ENV_PREFIX"]
 
@@ -20,23 +20,27 @@ class SettingsError(ValueError):
 
 
 class _Section(BaseModel):
+    """A settings section; a mapping too, so a notebook can pass one on as keyword arguments (`f(**section)`)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def keys(self):
+        return type(self).model_fields.keys()
+
+    def __getitem__(self, key: str):
+        return getattr(self, key)
 
 
 class DataSettings(_Section):
     source: str = "digits"
-    target: str = "target"
-    feature_min: float = 0.0
-    feature_max: float = 16.0
+    target: str = Field("target", min_length=1)
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
-    min_class_fraction: float = Field(0.05, ge=0, lt=1)
 
-    @model_validator(mode="after")
-    def _range_is_ordered(self):
-        if self.feature_min >= self.feature_max:
-            raise ValueError("feature_min must be smaller than feature_max")
-        return self
+
+class ValidationSettings(_Section):
+    min_class_fraction: float = Field(0.05, ge=0, lt=1)
+    max_missing_fraction: float = Field(0.05, ge=0, lt=1)
 
 
 class TrainingSettings(_Section):
@@ -119,6 +123,7 @@ class Settings(_Section):
 
     root: Path
     data: DataSettings = DataSettings()
+    validation: ValidationSettings = ValidationSettings()
     training: TrainingSettings = TrainingSettings()
     paths: PathsSettings = PathsSettings()
     tracking: TrackingSettings = TrackingSettings()

@@ -60,17 +60,17 @@ def provenance(root: Path) -> dict[str, str]:
     return tags
 
 
-def start_training_run(*, params: dict, data_hash: str, seed: int, settings: Settings | None = None) -> str:
-    """Open the run that will hold one trained model: params, seed, data hash and provenance; returns its id."""
+def start_training_run(*, params: dict, data_hash: str, settings: Settings | None = None) -> str:
+    """Open the run that will hold one trained model: params (as they are), data hash and provenance; returns its id."""
     import mlflow
 
     settings = settings or load_settings()
     connect(settings)
-    tags = {**provenance(settings.root), "mlops_nb.data_sha256": data_hash, "mlops_nb.seed": str(seed)}
+    tags = {**provenance(settings.root), "mlops_nb.data_sha256": data_hash}
     with mlflow.start_run(tags=tags) as run:
         # task name plus short run id: distinct in MLflow's UI, unlike the generated names (seeded `random`)
         mlflow.set_tag("mlflow.runName", f"train-{run.info.run_id[:8]}")
-        mlflow.log_params({**params, "seed": seed, "data_sha256": data_hash})
+        mlflow.log_params({**params, "data_sha256": data_hash})
         return run.info.run_id
 
 

@@ -19,7 +19,7 @@ import pytest
 from mlops_nb.pipeline import TELEMETRY_OFF
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("notebooks", "mlops_nb", "pipeline.yaml", "settings.ini", "bentofile.yaml", "pyproject.toml",
+PROJECT_FILES = ("notebooks", "mlops_nb", "pipeline.yaml", "dag.yaml", "settings.ini", "bentofile.yaml", "pyproject.toml",
                  ".jupyter")
 BIN = Path(sys.executable).parent
 FAST_EPOCHS = 12  # enough for the digits MLP to pass the 0.95 gate, in a few seconds
@@ -29,7 +29,7 @@ def project_env(root: Path, **overrides: str) -> dict[str, str]:
     """Environment for a subprocess working on the project copy at `root`: its own stores, only `overrides`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_NB_")}
     return {**env, **TELEMETRY_OFF, "BENTOML_HOME": str(root / ".bentoml"), "PATH": f"{BIN}:{env['PATH']}",
-            **overrides}
+            "PYTHONPATH": str(root), **overrides}
 
 
 def copy_project(dest: Path, *, commit: bool = True) -> Path:
@@ -50,10 +50,10 @@ def copy_project(dest: Path, *, commit: bool = True) -> Path:
 
 
 def run_build(root: Path, *args: str, check: bool = True, **overrides: str) -> subprocess.CompletedProcess:
-    """`ploomber build -e mlops_nb.pipeline.make_dag ARGS` in the project copy at `root`."""
-    result = subprocess.run([str(BIN / "ploomber"), "build", "-e", "mlops_nb.pipeline.make_dag", *args],
-                            cwd=root, env=project_env(root, **overrides), capture_output=True, text=True,
-                            timeout=900)
+    """`ploomber build ARGS` in the project copy at `root`, with FAST_EPOCHS unless `overrides` say otherwise."""
+    overrides = {"MLOPS_NB_TRAINING_EPOCHS": str(FAST_EPOCHS), **overrides}
+    result = subprocess.run([str(BIN / "ploomber"), "build", *args], cwd=root, env=project_env(root, **overrides),
+                            capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(f"build failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
@@ -69,7 +69,7 @@ def ran_tasks(result: subprocess.CompletedProcess) -> set[str]:
 def built_project(tmp_path_factory) -> Path:
     """A git-committed copy of the project, built end to end once with FAST_EPOCHS."""
     root = copy_project(tmp_path_factory.mktemp("project"))
-    run_build(root, "--epochs", str(FAST_EPOCHS))
+    run_build(root)
     return root
 
 

@@ -36,7 +36,7 @@ def gpu_python() -> Path:
 
 @pytest.mark.parametrize("device", ["cuda", "auto"])
 def test_a_cuda_session_that_falls_back_to_cpu_fails_for_cuda_and_warns_for_auto(tmp_path, device):
-    model = export_onnx(MLP(4, 3, (8,), 0.0).eval(), Standardizer([0.0] * 4, [1.0] * 4), tmp_path / "m.onnx")
+    model = export_onnx(MLP(4, 3, (8,), 0.0).eval(), Standardizer([0.0] * 4, [1.0] * 4, [0.0] * 4), tmp_path / "m.onnx")
     result = subprocess.run([str(gpu_python()), "-c", SCRIPT, str(model), device], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
     assert "'CUDAExecutionProvider'" in result.stdout, result.stdout + result.stderr

@@ -48,13 +48,13 @@ def test_a_parameter_a_build_would_override_is_reported_by_lint_and_by_the_build
     path = root / "notebooks/03_train.ipynb"
     notebook = nbformat.read(path, as_version=4)
     cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-    cell.source = cell.source.replace("epochs = None", "epochs = 20")
+    cell.source = cell.source.replace("training = None", "training = {'epochs': 20}")
     nbformat.write(notebook, path)
-    expected = ("notebooks/03_train.ipynb: parameters cell sets epochs = 20, but a build injects 40 from "
-                "[training] epochs in settings.ini")
+    expected = ("notebooks/03_train.ipynb: parameters cell sets training = {'epochs': 20}, but a build injects "
+                "{'seed': 42, 'epochs': 40, ")
     lint = subprocess.run([str(BIN / "mlops-nb"), "lint"], cwd=root, env=project_env(root), capture_output=True,
                           text=True)
     assert lint.returncode == 1 and expected in lint.stdout, lint.stdout + lint.stderr
     dag = subprocess.run([str(BIN / "python"), "-c", "from mlops_nb.pipeline import make_dag; make_dag()"],
                          cwd=root, env=project_env(root), capture_output=True, text=True, check=True)
-    assert expected in dag.stderr
+    assert expected in dag.stderr and "from the [training] section of settings.ini" in dag.stderr

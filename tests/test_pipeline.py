@@ -47,7 +47,8 @@ def test_mlflow_run_records_params_metrics_provenance_and_notebooks(built_projec
     products = built_project / "products"
     run = client.get_run(read_json(products / "train/run.json")["run_id"])
     manifest = read_json(products / "snapshot/manifest.json")
-    assert run.data.params["epochs"] == str(FAST_EPOCHS) and run.data.params["seed"] == "42"
+    training = load_settings(built_project, environ={"MLOPS_NB_TRAINING_EPOCHS": str(FAST_EPOCHS)}).training
+    assert {k: run.data.params[k] for k in training.keys()} == {k: str(v) for k, v in training.model_dump().items()}
     assert run.data.params["data_sha256"] == manifest["sha256"] == run.data.tags["mlops_nb.data_sha256"]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=built_project, capture_output=True, text=True).stdout
     assert run.data.tags["mlops_nb.git_commit"] == head.strip()
@@ -65,20 +66,20 @@ def test_mlflow_run_records_params_metrics_provenance_and_notebooks(built_projec
 
 
 def test_no_op_build_then_a_changed_notebook_reruns_only_itself_and_what_depends_on_it(built_project):
-    assert ran_tasks(run_build(built_project, "--epochs", str(FAST_EPOCHS))) == set()
+    assert ran_tasks(run_build(built_project)) == set()
     path = built_project / "notebooks/04_evaluate.ipynb"
     nb = nbformat.read(path, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell("print('a new look at the test split')"))
     nbformat.write(nb, path)
-    assert ran_tasks(run_build(built_project, "--epochs", str(FAST_EPOCHS))) == {
+    assert ran_tasks(run_build(built_project)) == {
         "evaluate", "register", "bento", "record"}
-    assert ran_tasks(run_build(built_project, "--epochs", str(FAST_EPOCHS))) == set()
+    assert ran_tasks(run_build(built_project)) == set()
 
 
 def test_a_model_failing_its_gates_is_registered_but_the_old_champion_keeps_serving(built_project):
     settings = load_settings(built_project, environ={})
     before = champion(settings.registry.model_name, settings)
-    result = run_build(built_project, "--epochs", str(FAST_EPOCHS), MLOPS_NB_GATES_MIN_ACCURACY="0.999")
+    result = run_build(built_project, MLOPS_NB_GATES_MIN_ACCURACY="0.999")
     assert ran_tasks(result) == {"register", "bento", "record"}  # a gate threshold is a param of register
     registration = read_json(built_project / "products/register/registration.json")
     assert registration["promoted"] is False and "< min_accuracy 0.999" in registration["reason"]
@@ -94,7 +95,7 @@ def test_a_model_failing_its_gates_is_registered_but_the_old_champion_keeps_serv
 def test_a_forced_rebuild_reproduces_weights_and_metrics_bit_for_bit(built_project):
     products = built_project / "products"
     first = read_json(products / "train/run.json"), read_json(products / "evaluate/metrics.json")
-    run_build(built_project, "--epochs", str(FAST_EPOCHS), "--force", "--partially", "evaluate")
+    run_build(built_project, "--force", "--partially", "evaluate")
     second = read_json(products / "train/run.json"), read_json(products / "evaluate/metrics.json")
     assert second[0]["run_id"] != first[0]["run_id"]
     assert second[0]["weights_sha256"] == first[0]["weights_sha256"]
@@ -103,7 +104,7 @@ def test_a_forced_rebuild_reproduces_weights_and_metrics_bit_for_bit(built_proje
 
 
 def test_changing_a_training_setting_reruns_training(built_project):
-    result = run_build(built_project, "--epochs", str(FAST_EPOCHS + 1), "--partially", "train")
+    result = run_build(built_project, "--partially", "train", MLOPS_NB_TRAINING_EPOCHS=str(FAST_EPOCHS + 1))
     assert ran_tasks(result) == {"train"}
     assert read_json(built_project / "products/train/run.json")["history"][-1]["epoch"] == FAST_EPOCHS + 1
 
@@ -119,18 +120,19 @@ def test_failed_task_leaves_nothing_that_looks_finished(tmp_path):
     report = root / "products/validate/report.json"
     assert report.is_file()
 
-    table.loc[5, "pixel_2_2"] = 99.0  # out of range: validation must stop the DAG
+    table["pixel_2_2"] = table["pixel_2_2"].astype(object)
+    table.loc[5, "pixel_2_2"] = "n/a"  # not a number: validation must stop the DAG
     table.to_csv(root / "data/table.csv", index=False)
     result = run_build(root, "--partially", "validate", check=False)
     assert result.returncode != 0
-    assert "values outside [0.0, 16.0]" in result.stdout + result.stderr
+    assert "non-numeric feature columns: ['pixel_2_2']" in result.stdout + result.stderr
     assert not report.exists() and not (root / "products/validate/.report.json.metadata").exists()
     assert not (root / "products/02_validate.ipynb").exists()
     failed = nbformat.read(root / "products/02_validate.failed.ipynb", as_version=4)
     errors = [o for c in failed.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert errors[0].ename == "DataValidationError"
     snapshot = read_json(root / "products/snapshot/manifest.json")
-    assert pd.read_parquet(snapshot["path"]).loc[5, "pixel_2_2"] == 99.0  # the new snapshot is what failed
+    assert pd.read_parquet(snapshot["path"]).loc[5, "pixel_2_2"] == "n/a"  # the new snapshot is what failed
 
     table.loc[5, "pixel_2_2"] = 3.0
     table.to_csv(root / "data/table.csv", index=False)
@@ -140,7 +142,7 @@ def test_failed_task_leaves_nothing_that_looks_finished(tmp_path):
 
 def test_a_quick_run_whose_model_fails_the_gates_completes_without_a_bento(tmp_path):
     root = copy_project(tmp_path / "project", commit=False)
-    run_build(root, "--epochs", "1", MLOPS_NB_GATES_MIN_ACCURACY="0.999")
+    run_build(root, MLOPS_NB_TRAINING_EPOCHS="1", MLOPS_NB_GATES_MIN_ACCURACY="0.999")
     registration = read_json(root / "products/register/registration.json")
     assert registration["promoted"] is False and registration["version"] == 1
     assert read_json(root / "products/bento/bento.json") == {

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from mlops_nb.onnx_export import export_onnx
-from mlops_nb.registry import CHALLENGER, CHAMPION, apply_gates, champion, evaluate_gates, register_onnx
+from mlops_nb.contracts import ModelCard
+from mlops_nb.registry import (CHALLENGER, CHAMPION, RegistryError, apply_gates, champion, evaluate_gates,
+                               register_onnx)
 from mlops_nb.research.model import MLP, Standardizer
-from mlops_nb.settings import load_settings
+from mlops_nb.settings import GatesSettings, load_settings
 from mlops_nb.tracking import connect, start_training_run
 
 
@@ -32,17 +34,18 @@ def registry(tmp_path):
     (tmp_path / "settings.ini").write_text("[registry]\nmodel_name = gate-test\n")
     settings = load_settings(tmp_path, environ={})
     torch.manual_seed(0)
-    onnx_path = export_onnx(MLP(4, 3, (8,), 0.0).eval(), Standardizer([0.0] * 4, [1.0] * 4), tmp_path / "m.onnx")
+    onnx_path = export_onnx(MLP(4, 3, (8,), 0.0).eval(), Standardizer([0.0] * 4, [1.0] * 4, [0.0] * 4), tmp_path / "m.onnx")
     return settings, onnx_path
 
 
 def register(settings, onnx_path, accuracy):
-    run_id = start_training_run(params={"lr": 0.1}, data_hash="abc", seed=1, settings=settings)
-    version = register_onnx(run_id=run_id, onnx_path=onnx_path, input_example=np.zeros((2, 4)),
-                            model_name="gate-test", extra={"model_card.json": {"features": ["a", "b", "c", "d"]}},
-                            tags={"mlops_nb.test_accuracy": str(accuracy)}, settings=settings)
-    result = apply_gates("gate-test", version.version, accuracy, min_accuracy=0.9, max_regression=0.01,
-                         settings=settings)
+    run_id = start_training_run(params={"lr": 0.1}, data_hash="abc", settings=settings)
+    card = ModelCard(model_name="gate-test", run_id=run_id, variant="fp32", features=["a", "b", "c", "d"],
+                     classes=["x", "y", "z"], feature_min=0, feature_max=1, data_sha256="abc", onnx_sha256="def",
+                     weights_sha256="123", test_accuracy=accuracy, parity_max_abs_diff=1e-7)
+    version = register_onnx(card=card, onnx_path=onnx_path, input_example=np.zeros((2, 4)),
+                            extra={"reference_profile.json": {"range": [0, 1]}}, settings=settings)
+    result = apply_gates(card, version.version, GatesSettings(min_accuracy=0.9, max_regression=0.01), settings)
     return version.version, result
 
 
@@ -70,6 +73,24 @@ def test_registered_model_carries_signature_example_and_extra_files(registry, tm
     info = mlflow.models.get_model_info(f"models:/gate-test/{version}")
     assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 4]
     local = mlflow.artifacts.download_artifacts(f"models:/gate-test/{version}", dst_path=str(tmp_path / "dl"))
-    card = json.loads((tmp_path / "dl" / "extra_files" / "model_card.json").read_text())
-    assert card == {"features": ["a", "b", "c", "d"]}
+    card = ModelCard.model_validate_json((tmp_path / "dl" / "extra_files" / "model_card.json").read_text())
+    assert card.features == ["a", "b", "c", "d"]
+    assert ModelCard.from_tags(connect(settings).get_model_version("gate-test", version).tags) == card
+    assert json.loads((tmp_path / "dl" / "extra_files" / "reference_profile.json").read_text()) == {"range": [0, 1]}
     assert (tmp_path / "dl" / "input_example.json").exists() and local
+
+
+def test_a_champion_without_a_model_card_stops_the_gates_instead_of_skipping_the_comparison(registry):
+    settings, onnx_path = registry
+    v1, _ = register(settings, onnx_path, 0.95)
+    connect(settings).delete_model_version_tag("gate-test", v1, "mlops_nb.test_accuracy")
+    with pytest.raises(RegistryError, match=f"version {v1} is the champion, but no model card in the registry tags "
+                                            r"\(missing mlops_nb.test_accuracy\)"):
+        register(settings, onnx_path, 0.96)
+
+
+def test_a_missing_model_or_alias_means_no_champion(registry):
+    settings, onnx_path = registry
+    assert champion("gate-test", settings) is None  # no registered model yet
+    register(settings, onnx_path, 0.5)  # registered, gates failed: no champion alias
+    assert champion("gate-test", settings) is None

@@ -52,23 +52,23 @@ def test_split_is_stratified_disjoint_and_seeded(digits, seed):
 
 def test_validation_lists_every_problem(digits):
     bad = digits.head(200).copy()
-    bad.iloc[0, 3] = np.nan
-    bad.iloc[1, 4] = 40
+    bad.iloc[:20, 3] = np.nan
+    bad.iloc[1, 4] = np.inf
     bad.loc[bad["target"] == 3, "target"] = 9
     bad = pd.concat([bad, bad.iloc[2:3].assign(target=3)])
     with pytest.raises(DataValidationError) as error:
-        validate_frame(bad, target="target", feature_min=0, feature_max=16, min_class_fraction=0.05)
+        validate_frame(bad, target="target", min_class_fraction=0.05, max_missing_fraction=0.05)
     message = str(error.value)
-    assert "missing values: {'pixel_0_3': 1}" in message
-    assert "outside [0, 16]" in message and "'pixel_0_4': 1" in message
+    assert "feature columns missing more than 0.05 of their values" in message and "'pixel_0_3': 0.1045" in message
+    assert "infinite values: {'pixel_0_4': 1}" in message
     assert "classes below the minimum share 0.05" in message and "'3'" in message
 
 
 def test_validation_passes_on_digits_and_profiles_features(digits):
-    report = validate_frame(digits, target="target", feature_min=0, feature_max=16, min_class_fraction=0.05)
-    assert report["rows"] == 1797 and len(report["class_share"]) == 10
-    profile = feature_profile(digits.drop(columns="target"), feature_min=0, feature_max=16)
-    assert sum(profile["features"]["pixel_3_3"]["counts"]) == 1797
+    report = validate_frame(digits, target="target", min_class_fraction=0.05, max_missing_fraction=0.0)
+    assert report["rows"] == 1797 and len(report["class_share"]) == 10 and report["missing_values"] == 0
+    profile = feature_profile(digits.drop(columns="target"))
+    assert sum(profile["features"]["pixel_3_3"]["counts"]) == 1797 and profile["range"] == [0.0, 16.0]
 
 
 def test_standardizer_round_trips_and_ignores_constant_features():

@@ -35,7 +35,7 @@ def server(built_project, tmp_path_factory):
 
     The build is brought back to the session's settings first (other modules' tests change them), so the train
     product is the served model's."""
-    run_build(built_project, "--epochs", str(FAST_EPOCHS))
+    run_build(built_project)
     folder = tmp_path_factory.mktemp("serve")
     log, predictions = folder / "serve.log", folder / "predictions.jsonl"
     env = project_env(built_project, MLOPS_NB_MONITORING_PREDICTION_LOG=str(predictions))

@@ -36,7 +36,8 @@ def test_environment_overrides_a_key(tmp_path):
     ("[training]\nhidden_sizes = 128,x\n", "[training] hidden_sizes = '128,x': expected comma-separated positive"),
     ("[training]\nepoch = 3\n", "[training] epoch: unknown key; allowed keys: batch_size, dropout, epochs"),
     ("[trainig]\nepochs = 3\n", "[trainig]: unknown key; allowed keys: data, export, gates"),
-    ("[data]\nfeature_min = 5\nfeature_max = 1\n", "[data]: feature_min must be smaller than feature_max"),
+    ("[validation]\nmax_missing_fraction = 1.5\n",
+     "[validation] max_missing_fraction = '1.5': Input should be less than 1"),
     ("[registry]\nmodel_name = has space\n", "[registry] model_name = 'has space': String should match pattern"),
     ("[monitoring]\nlog_predictions = maybe\n", "[monitoring] log_predictions = 'maybe': Input should be a valid boolean"),
 ])

@@ -10,14 +10,16 @@ from sklearn.metrics import classification_report, f1_score, log_loss
 
 # %% ../../notebooks/04_evaluate.ipynb #06a1748c
 def classification_metrics(y_true, probabilities) -> dict:
-    "Accuracy, macro F1 and log loss from true labels and predicted class probabilities."
+    "Accuracy, macro F1 and log loss from true labels (0..k-1) and predicted class probabilities."
     probabilities = np.asarray(probabilities)
     y_pred = probabilities.argmax(axis=1)
     return {"accuracy": float((y_pred == np.asarray(y_true)).mean()),
             "macro_f1": float(f1_score(y_true, y_pred, average="macro")),
             "log_loss": float(log_loss(y_true, probabilities, labels=range(probabilities.shape[1])))}
 
-def per_class_report(y_true, y_pred) -> pd.DataFrame:
-    "Precision, recall, F1 and support for each class."
-    report = classification_report(y_true, y_pred, output_dict=True, zero_division=0)
-    return pd.DataFrame({k: v for k, v in report.items() if k.isdigit()}).T
+def per_class_report(y_true, y_pred, classes: list) -> pd.DataFrame:
+    "Precision, recall, F1 and support for each class, indexed by the class labels."
+    names = [str(c) for c in classes]
+    report = classification_report(y_true, y_pred, labels=range(len(classes)), target_names=names,
+                                   output_dict=True, zero_division=0)
+    return pd.DataFrame({name: report[name] for name in names}).T

@@ -15,29 +15,33 @@ from ..products import atomic_path
 
 # %% ../../notebooks/03_train.ipynb #da067945
 class Standardizer:
-    "Per-feature standardization fitted on training rows; the one preprocessing used in training and serving."
-    def __init__(self, mean, scale):
+    "Missing-value fill and per-feature standardization fitted on training rows: the one preprocessing everywhere."
+    def __init__(self, mean, scale, fill):
         self.mean = np.asarray(mean, dtype=np.float32)
         self.scale = np.asarray(scale, dtype=np.float32)
+        self.fill = np.asarray(fill, dtype=np.float32)
 
     @classmethod
     def fit(cls, features) -> "Standardizer":
         features = np.asarray(features, dtype=np.float64)
-        std = features.std(axis=0)
-        return cls(features.mean(axis=0), np.where(std > 1e-6, std, 1.0))
+        fill = np.nanmedian(features, axis=0)
+        filled = np.where(np.isnan(features), fill, features)
+        std = filled.std(axis=0)
+        return cls(filled.mean(axis=0), np.where(std > 1e-6, std, 1.0), fill)
 
     @property
     def n_features(self) -> int: return len(self.mean)
 
     def transform(self, features) -> np.ndarray:
-        "Standardized float32 copy of a (rows, n_features) array."
+        "Filled, standardized float32 copy of a (rows, n_features) array."
         features = np.asarray(features, dtype=np.float32)
+        features = np.where(np.isnan(features), self.fill, features)
         return ((features - self.mean) / self.scale).astype(np.float32)
 
-    def to_dict(self) -> dict: return {"mean": self.mean.tolist(), "scale": self.scale.tolist()}
+    def to_dict(self) -> dict: return {"mean": self.mean.tolist(), "scale": self.scale.tolist(), "fill": self.fill.tolist()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Standardizer": return cls(d["mean"], d["scale"])
+    def from_dict(cls, d: dict) -> "Standardizer": return cls(d["mean"], d["scale"], d["fill"])
 
 # %% ../../notebooks/03_train.ipynb #b9d545ac
 class MLP(nn.Module):
@@ -70,9 +74,9 @@ def predict_proba(model: nn.Module, features: np.ndarray) -> np.ndarray:
         return torch.softmax(model(torch.as_tensor(features, dtype=torch.float32)), dim=1).numpy()
 
 def train_model(x_train, y_train, x_val, y_val, *, hidden_sizes, dropout, epochs, batch_size, learning_rate,
-                weight_decay, seed, threads=1, on_epoch=None):
-    "Train an `MLP` on standardized features; returns the model and per-epoch history."
-    seed_everything(seed, threads)
+                weight_decay, seed, torch_threads=1, on_epoch=None):
+    "Train an `MLP` on standardized features and labels 0..k-1; returns the model and per-epoch history."
+    seed_everything(seed, torch_threads)
     x = torch.tensor(np.asarray(x_train, dtype=np.float32))
     y = torch.tensor(np.asarray(y_train), dtype=torch.long)
     n_classes = int(max(y_train.max(), y_val.max())) + 1

@@ -15,9 +15,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from mlops_nb.contracts import ModelCard
 from mlops_nb.products import file_sha256
-from mlops_nb.registry import CHAMPION, download_version
+from mlops_nb.registry import CARD_FILE, CHAMPION, download_version
 from mlops_nb.settings import Settings, load_settings
 
 __all__ = ["import_champion", "build_bento", "bentoml_serve", "served", "Server", "free_port", "BUNDLED_FILES",
@@ -25,7 +27,8 @@ __all__ = ["import_champion", "build_bento", "bentoml_serve", "served", "Server"
 
 # file in the bento model <- file in the MLflow model folder
 BUNDLED_FILES = {"model.onnx": "model.onnx", "reference_profile.json": "extra_files/reference_profile.json"}
-CARD = "model_card.json"
+FRAMEWORK_SOURCE = Path(__file__).resolve().parents[2]  # the folder holding the mlops_nb package
+CARD = CARD_FILE  # the same name in the bento model as in the registered version
 
 
 def import_champion(settings: Settings | None = None):
@@ -56,38 +59,52 @@ def import_champion(settings: Settings | None = None):
 GPU_CUDA_IMAGE = "12.8"  # the newest CUDA base image BentoML 1.4 offers; CUDA 13 libraries come as wheels
 
 
-def gpu_runtime(root: Path) -> str:
-    """The gpu extra's ONNX Runtime requirement, from pyproject.toml (its one source)."""
-    import tomllib
+def gpu_runtime() -> str:
+    """The gpu extra's ONNX Runtime requirement, from the installed mlops-nb's metadata (pyproject.toml's extra)."""
+    from importlib.metadata import requires
 
-    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    return extras["gpu"][0]
+    return next(r.split(";")[0].strip() for r in requires("mlops-nb") if "extra == \"gpu\"" in r)
+
+
+def bento_sources(root: Path) -> dict[str, Path]:
+    """bentofile.yaml and the files its `include` patterns pick, by their name in the bento: from the project, else
+    from the framework's source (a project that `mlops-nb new` made has no mlops_nb/ folder of its own)."""
+    config = yaml.safe_load((root / "bentofile.yaml").read_text())
+    found = {"bentofile.yaml": root / "bentofile.yaml"}
+    for pattern in config.get("include", []):
+        for base in (root, FRAMEWORK_SOURCE):
+            matches = [m for m in sorted(base.glob(pattern.lstrip("/"))) if m.is_file()]
+            if matches:
+                found.update({str(m.relative_to(base)): m for m in matches})
+                break
+    return found
 
 
 def build_bento(settings: Settings | None = None, *, gpu: bool = False):
-    """Build the bento described by bentofile.yaml (service, code, settings, the latest imported model).
+    """Build the bento described by bentofile.yaml (service, code, settings, the latest imported model), from a
+    build folder holding exactly `bento_sources`.
 
     `gpu`: the same bento with the CUDA runtime instead of the CPU one, a CUDA base image for its container,
     and `device = cuda` (start-up fails when CUDA is not the active provider), named `<service>-gpu`.
     """
     import bentoml
-    import yaml
 
     settings = settings or load_settings()
+    config = yaml.safe_load((settings.root / "bentofile.yaml").read_text())
+    config["name"] = settings.serving.service_name + ("-gpu" if gpu else "")
     if gpu:
-        config = yaml.safe_load((settings.root / "bentofile.yaml").read_text())
         packages = config["python"]["packages"]
-        packages[:] = [gpu_runtime(settings.root) if p.startswith("onnxruntime==") else p for p in packages]
-        config["name"] = f"{settings.serving.service_name}-gpu"
+        packages[:] = [gpu_runtime() if p.startswith("onnxruntime==") else p for p in packages]
         config["labels"] = {**config.get("labels", {}), "runtime": "cuda"}
         config["docker"] = {"distro": "debian", "cuda_version": GPU_CUDA_IMAGE}
         config["envs"] = [*config.get("envs", []), {"name": "MLOPS_NB_SERVING_DEVICE", "value": "cuda"},
                           {"name": "MLOPS_NB_SERVING_GPUS", "value": str(max(settings.serving.gpus, 1))}]
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as bentofile:
-            yaml.safe_dump(config, bentofile)
-            bentofile.flush()
-            return bentoml.bentos.build_bentofile(bentofile.name, build_ctx=str(settings.root))
-    return bentoml.bentos.build_bentofile(str(settings.root / "bentofile.yaml"), build_ctx=str(settings.root))
+    with tempfile.TemporaryDirectory() as context:
+        for name, path in bento_sources(settings.root).items():
+            (Path(context) / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, Path(context) / name)
+        (Path(context) / "bentofile.yaml").write_text(yaml.safe_dump(config))
+        return bentoml.bentos.build_bentofile(str(Path(context) / "bentofile.yaml"), build_ctx=context)
 
 
 @dataclass(frozen=True)

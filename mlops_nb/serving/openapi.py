@@ -38,7 +38,8 @@ def openapi_document(card: ModelCard, *, max_rows: int, api_key: bool, title: st
                 "properties": {
                     "predictions": {"type": "array", "items": {
                         "type": "object", "required": ["label", "probabilities"], "properties": {
-                            "label": {"type": "integer"},
+                            "label": {"type": "integer" if isinstance(card.classes[0], int) else "string",
+                                      "enum": list(card.classes)},
                             "probabilities": {"type": "array", "items": {"type": "number"}}}}},
                     "model_name": {"type": "string"}, "model_version": {"type": "string", "nullable": True},
                     "request_id": {"type": "string"}}}

@@ -99,6 +99,7 @@ class ScoringCore:
         self.provider = self.session.get_providers()[0]
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [self.session.get_outputs()[0].name]
+        self.classes = np.asarray(card.classes)  # output index -> class label, as the training data had it
 
     def validate(self, rows, *, numbers_only: bool = False) -> np.ndarray:
         """`validate_rows` with this model's contract."""
@@ -111,9 +112,8 @@ class ScoringCore:
 
     def answer(self, probabilities: np.ndarray, request_id: str) -> dict:
         """The response body: a label and probabilities per row, the model's name and version, the request id."""
-        labels = probabilities.argmax(axis=1)
-        return {"predictions": [{"label": int(label), "probabilities": row}
-                                for label, row in zip(labels.tolist(), probabilities)],
+        labels = self.classes[probabilities.argmax(axis=1)].tolist()
+        return {"predictions": [{"label": label, "probabilities": row} for label, row in zip(labels, probabilities)],
                 "model_name": self.card.model_name, "model_version": self.card.model_version,
                 "request_id": request_id}
 
@@ -121,5 +121,6 @@ class ScoringCore:
         """The prediction-log record of an answered request (serialized later, off the request path)."""
         return {"schema_version": PREDICTION_LOG_SCHEMA, "request_id": request_id, "time": time.time(),
                 "model_name": self.card.model_name, "model_version": self.card.model_version, "role": "champion",
-                "subject": None, "inputs": rows, "labels": probabilities.argmax(axis=1),
+                "subject": None, "inputs": rows,
+                "labels": self.classes[probabilities.argmax(axis=1)].tolist(),
                 "confidence": probabilities.max(axis=1), "latency_ms": (time.perf_counter() - started) * 1000}

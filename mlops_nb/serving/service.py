@@ -18,8 +18,10 @@ logger = logging.getLogger("bentoml.mlops_nb")
 
 
 def _project_root() -> Path | None:
+    """The built bento's own folder when this module runs from one; else None: the project found from the working
+    folder or $MLOPS_NB_ROOT (`bentoml serve` in a project, the bento task of a build)."""
     here = Path(__file__).resolve().parents[2]
-    return here if (here / "settings.ini").is_file() else None
+    return here if (here / "settings.ini").is_file() and (here.parent / "bento.yaml").is_file() else None
 
 
 SETTINGS = load_settings(_project_root())

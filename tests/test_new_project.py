@@ -1,0 +1,71 @@
+"""`mlops-nb new` on data that is not digits: the new project's README commands pass as printed, and it serves."""
+
+import json
+import shlex
+import subprocess
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import BIN, project_env
+from sklearn.datasets import load_breast_cancer, load_wine
+
+from mlops_nb.products import read_json
+from mlops_nb.serving.bento import served
+
+pytestmark = pytest.mark.engines
+
+
+def wine_csv(folder):
+    """Wine cultivars as string labels, with a few missing feature values and two rows without a label."""
+    frame = load_wine(as_frame=True).frame
+    frame["cultivar"] = frame.pop("target").map(dict(enumerate(load_wine().target_names)))
+    rng = np.random.default_rng(0)
+    for column in ("alcohol", "magnesium", "hue"):
+        frame.loc[rng.choice(len(frame), 3, replace=False), column] = np.nan
+    frame.loc[[5, 77], "cultivar"] = None
+    frame.to_csv(folder / "wine.csv", index=False)
+    return folder / "wine.csv", "cultivar"
+
+
+def breast_cancer_parquet(folder):
+    """Breast-cancer diagnosis with integer labels, as Parquet."""
+    load_breast_cancer(as_frame=True).frame.to_parquet(folder / "breast_cancer.parquet", index=False)
+    return folder / "breast_cancer.parquet", "target"
+
+
+def readme_commands(root):
+    """The commands in the new project's README's first code block, as printed."""
+    block = (root / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0]
+    return [shlex.split(line) for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("make_data", [wine_csv, breast_cancer_parquet])
+def test_a_new_project_on_other_data_builds_tests_and_serves(tmp_path, make_data):
+    data, target = make_data(tmp_path)
+    root = tmp_path / data.stem
+    env = {k: v for k, v in project_env(root).items() if k != "PYTHONPATH"}
+    new = subprocess.run([str(BIN / "mlops-nb"), "new", str(root), "--data", str(data), "--target", target],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert new.returncode == 0, new.stderr
+    print(new.stdout)
+    commands = readme_commands(root)
+    assert [c[0].rsplit("/", 1)[-1] for c in commands] == ["ploomber", "pytest"]
+    for command in commands:
+        result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, f"{command}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    print(result.stdout[-400:])
+
+    frame = pd.read_csv(data) if data.suffix == ".csv" else pd.read_parquet(data)
+    card = read_json(root / "products/register/registration.json")["card"]
+    assert card["classes"] == sorted(frame[target].dropna().unique().tolist())
+    rows = frame.dropna().drop(columns=target).head(8)
+    with served("", cwd=root, env=env, log=tmp_path / "serve.log") as url:
+        answer = httpx.post(f"{url}/predict", json={"instances": rows.to_numpy().tolist()}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        labels = [p["label"] for p in answer.json()["predictions"]]
+        assert set(labels) <= set(card["classes"]) and answer.json()["model_name"] == card["model_name"]
+        missing = httpx.post(f"{url}/predict", content=json.dumps({"instances": [[None] * len(card["features"])]}),
+                             headers={"content-type": "application/json"}, timeout=30)
+        assert missing.status_code == 400 and "instances[0][0]" in missing.text
