@@ -54,10 +54,12 @@ def files_sha256(files, root: Path) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
 
-def _imported(source: str, package: str = "") -> set[str]:
-    """Absolute names of what Python code imports (`from a import b` gives `a` and `a.b`, which may be a module)."""
+def _imported(source: str, package: str = "", *, everywhere: bool = True) -> set[str]:
+    """Absolute names of what Python code imports (`from a import b` gives `a` and `a.b`, which may be a module):
+    everywhere in it, or only in its top-level statements (what importing a module runs)."""
+    tree = ast.parse(source)
     names = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(tree) if everywhere else tree.body:
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -77,7 +79,8 @@ def _module_file(name: str, roots) -> Path | None:
 
 
 def code_files(notebook: Path, root: Path) -> set[Path]:
-    """The project's and the framework's modules a notebook imports, directly or through other such modules."""
+    """The project's and the framework's modules a notebook imports, directly or through the top-level imports of
+    such modules (a function's own import inside it is left out: otherwise `task_context` would pull in everything)."""
     cells = nbformat.read(str(notebook), as_version=4).cells
     code = "\n".join(line for cell in cells if cell.cell_type == "code" for line in cell.source.splitlines()
                      if not line.lstrip().startswith(("%", "!")))
@@ -87,7 +90,8 @@ def code_files(notebook: Path, root: Path) -> set[Path]:
         path = _module_file(name, roots)
         if path is not None and path not in found:
             found.add(path)
-            todo += _imported(path.read_text(), name if path.name == "__init__.py" else name.rpartition(".")[0])
+            package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+            todo += _imported(path.read_text(), package, everywhere=False)
     return found
 
 

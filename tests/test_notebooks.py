@@ -50,8 +50,8 @@ def test_a_parameter_a_build_would_override_is_reported_by_lint_and_by_the_build
     cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
     cell.source = cell.source.replace("training = None", "training = {'epochs': 20}")
     nbformat.write(notebook, path)
-    expected = ("notebooks/03_train.ipynb: parameters cell sets training = {'epochs': 20}, but a build injects "
-                "{'seed': 42, 'epochs': 40, ")
+    expected = ("notebooks/03_train.ipynb:cell 2: NB901 [error] parameters cell sets training = {'epochs': 20}, but a "
+                "build injects {'seed': 42, 'epochs': 40, ")
     lint = subprocess.run([str(BIN / "mlops-nb"), "lint"], cwd=root, env=project_env(root), capture_output=True,
                           text=True)
     assert lint.returncode == 1 and expected in lint.stdout, lint.stdout + lint.stderr

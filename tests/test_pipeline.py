@@ -121,7 +121,7 @@ def test_failed_task_leaves_nothing_that_looks_finished(tmp_path):
     assert report.is_file()
 
     table["pixel_2_2"] = table["pixel_2_2"].astype(object)
-    table.loc[5, "pixel_2_2"] = "n/a"  # not a number: validation must stop the DAG
+    table.loc[5, "pixel_2_2"] = "seven"  # not a number: validation must stop the DAG
     table.to_csv(root / "data/table.csv", index=False)
     result = run_build(root, "--partially", "validate", check=False)
     assert result.returncode != 0
@@ -132,7 +132,7 @@ def test_failed_task_leaves_nothing_that_looks_finished(tmp_path):
     errors = [o for c in failed.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert errors[0].ename == "DataValidationError"
     snapshot = read_json(root / "products/snapshot/manifest.json")
-    assert pd.read_parquet(snapshot["path"]).loc[5, "pixel_2_2"] == "n/a"  # the new snapshot is what failed
+    assert pd.read_parquet(snapshot["path"]).loc[5, "pixel_2_2"] == "seven"  # the new snapshot is what failed
 
     table.loc[5, "pixel_2_2"] = 3.0
     table.to_csv(root / "data/table.csv", index=False)

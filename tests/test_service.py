@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from conftest import BIN, FAST_EPOCHS, project_env, run_build
+from conftest import BIN, project_env, run_build
 
 from mlops_nb.monitoring import read_prediction_log
 from mlops_nb.onnx_export import onnx_predict, ort_session

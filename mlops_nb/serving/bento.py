@@ -60,10 +60,11 @@ GPU_CUDA_IMAGE = "12.8"  # the newest CUDA base image BentoML 1.4 offers; CUDA 1
 
 
 def gpu_runtime() -> str:
-    """The gpu extra's ONNX Runtime requirement, from the installed mlops-nb's metadata (pyproject.toml's extra)."""
-    from importlib.metadata import requires
+    """The gpu extra's ONNX Runtime requirement, from the framework's pyproject.toml (its one source)."""
+    import tomllib
 
-    return next(r.split(";")[0].strip() for r in requires("mlops-nb") if "extra == \"gpu\"" in r)
+    extras = tomllib.loads((FRAMEWORK_SOURCE / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    return extras["gpu"][0]
 
 
 def bento_sources(root: Path) -> dict[str, Path]:
