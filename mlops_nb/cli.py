@@ -9,6 +9,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from mlops_nb.ledger import LedgerError
+from mlops_nb.registry import RegistryError
 from mlops_nb.settings import SettingsError, load_settings
 
 __all__ = ["main"]
@@ -90,11 +92,10 @@ def _refresh_outputs(args) -> int:
     return 0
 
 
-def _bento(args) -> int:
-    from mlops_nb.serving.bento import build_bento, import_champion
+def _deploy(args) -> int:
+    from mlops_nb.serving.bento import deploy
 
-    model = import_champion()
-    bento = build_bento(gpu=args.gpu)
+    model, bento = deploy(args.version, gpu=args.gpu)
     print(json.dumps({"bento_tag": str(bento.tag), "model_tag": str(model.tag),
                       "model_version": model.info.metadata["model_version"], "gpu": args.gpu}, indent=2))
     return 0
@@ -116,6 +117,96 @@ def _champion(args) -> int:
     tags = {k: v for k, v in version.tags.items() if k.startswith("mlops_nb.")}
     print(json.dumps({"model_name": version.name, "version": version.version, "run_id": version.run_id,
                       "tags": tags}, indent=2))
+    return 0
+
+
+def _entry_line(entry) -> str:
+    forced = " (forced past failed gates)" if entry.forced else ""
+    return (f"#{entry.seq} {entry.time} {entry.actor}: {entry.alias} {entry.from_version or '-'} -> "
+            f"{entry.to_version or '-'}{forced}: {entry.reason}")
+
+
+def _promote(args) -> int:
+    from mlops_nb.registry import promote
+
+    settings = load_settings()
+    result, entry = promote(settings.registry.model_name, args.version, reason=args.reason, force=args.force,
+                            settings=settings)
+    if args.json:
+        print(json.dumps({"promoted": entry is not None, "gates": result.checks,
+                          "entry": entry.model_dump(mode="json") if entry else None}, indent=2))
+    else:
+        for check in result.checks:
+            print(("PASS " if check["passed"] else "FAIL ") + check["detail"])
+        print(_entry_line(entry) if entry else f"not promoted: {result.reason}. Promote it anyway with --force "
+              "(the reason and the failed gates go into the ledger)")
+    return 0 if entry else 1
+
+
+def _rollback(args) -> int:
+    from mlops_nb.registry import rollback
+
+    settings = load_settings()
+    entry = rollback(settings.registry.model_name, reason=args.reason, settings=settings)
+    print(entry.model_dump_json(indent=2) if args.json else _entry_line(entry) +
+          "\nserve it: `ploomber build` (the bento task builds the champion's bento)")
+    return 0
+
+
+def _history(args) -> int:
+    from mlops_nb.ledger import entries, verify
+
+    settings = load_settings()
+    ledger = entries(settings.registry.model_name, settings)
+    problems = verify(settings.registry.model_name, settings) if args.verify else []
+    if args.json:
+        print(json.dumps({"entries": [e.model_dump(mode="json") for e in ledger],
+                          **({"verified": not problems, "problems": problems} if args.verify else {})}, indent=2))
+    else:
+        for entry in ledger:
+            print(_entry_line(entry))
+        if args.verify:
+            print("\n".join(problems) if problems else f"chain verified: {len(ledger)} entries, every link holds")
+    return 1 if problems else 0
+
+
+def _status(args) -> int:
+    from mlops_nb.ledger import entries
+    from mlops_nb.registry import CHALLENGER, CHAMPION, version_card
+    from mlops_nb.tracking import connect
+
+    settings = load_settings()
+    name, products = settings.registry.model_name, settings.products_dir
+    aliases = connect(settings).get_registered_model(name).aliases if entries(name, settings) else {}
+
+    def card(alias):
+        version = aliases.get(alias)
+        return version_card(name, version, settings).model_dump(mode="json", include={
+            "model_version", "variant", "test_accuracy", "run_id"}) if version else None
+
+    ledger = entries(name, settings)
+    record = products / "record.json"
+    bento = products / "bento/bento.json"
+    status = {"model_name": name, "champion": card(CHAMPION), "challenger": card(CHALLENGER),
+              "last_build": json.loads(record.read_text())["registration"] if record.is_file() else None,
+              "serving": json.loads(bento.read_text()) if bento.is_file() else None,
+              "last_ledger_entry": ledger[-1].model_dump(mode="json") if ledger else None}
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"model       {name}")
+    for alias in (CHAMPION, CHALLENGER):
+        found = status[alias]
+        print(f"{alias:<11} " + (f"v{found['model_version']} ({found['variant']}, test accuracy "
+                                 f"{found['test_accuracy']:.4f}, run {found['run_id'][:8]})" if found else "none"))
+    build = status["last_build"]
+    print("last build  " + (f"registered v{build['version']}, " + ("promoted" if build["promoted"] else
+                                                                  f"not promoted: {build['reason']}")
+                            if build else "none (run `ploomber build`)"))
+    serving = status["serving"]
+    print("serving     " + (f"bento {serving['bento_tag']} with v{serving['model_version']}" if serving and
+                            serving.get("bento_tag") else "no bento built"))
+    print("ledger      " + (_entry_line(ledger[-1]) if ledger else "empty"))
     return 0
 
 
@@ -148,20 +239,38 @@ def main(argv: list[str] | None = None) -> int:
                                                           "reference")
     refresh.add_argument("paths", nargs="*", type=Path)
     refresh.set_defaults(run=_refresh_outputs)
-    bento = commands.add_parser("bento", help="import the registry's champion and build its bento")
-    bento.add_argument("--gpu", action="store_true", help="the CUDA variant: onnxruntime-gpu, a CUDA base image, "
-                                                          "device = cuda")
-    bento.set_defaults(run=_bento)
+    deploy = commands.add_parser("deploy", help="build the bento for a registered version (default: the champion)")
+    deploy.add_argument("version", nargs="?", default="champion", help="a version number, or champion")
+    deploy.add_argument("--gpu", action="store_true", help="the CUDA variant: onnxruntime-gpu, a CUDA base image, "
+                                                           "device = cuda")
+    deploy.set_defaults(run=_deploy)
     commands.add_parser("settings", help="print the validated settings").set_defaults(run=_settings)
     commands.add_parser("champion", help="show the registry's champion and why it was promoted").set_defaults(
         run=_champion)
+    promote = commands.add_parser("promote", help="make VERSION the champion if it passes the gates (a ledger entry)")
+    promote.add_argument("version")
+    promote.add_argument("--reason", required=True, help="why, in words: it goes into the ledger")
+    promote.add_argument("--force", action="store_true", help="promote even though a gate fails (recorded as forced)")
+    promote.add_argument("--json", action="store_true")
+    promote.set_defaults(run=_promote)
+    rollback = commands.add_parser("rollback", help="make the previous champion the champion again (a ledger entry)")
+    rollback.add_argument("--reason", required=True, help="why, in words: it goes into the ledger")
+    rollback.add_argument("--json", action="store_true")
+    rollback.set_defaults(run=_rollback)
+    history = commands.add_parser("history", help="the promotion ledger: every alias move, oldest first")
+    history.add_argument("--verify", action="store_true", help="check the hash chain (exit 1 when a link breaks)")
+    history.add_argument("--json", action="store_true")
+    history.set_defaults(run=_history)
+    status = commands.add_parser("status", help="champion, challenger, last build, serving version, last ledger entry")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=_status)
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "passes_args", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     try:
         return args.run(args)
-    except SettingsError as e:
+    except (SettingsError, RegistryError, LedgerError) as e:
         print(f"mlops-nb: {e}", file=sys.stderr)
         return 2
 

@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from mlops_nb.contracts import TAG_PREFIX, ModelCard
-from mlops_nb.settings import GatesSettings, Settings
+from mlops_nb.ledger import Entry, append, entries
+from mlops_nb.settings import GatesSettings, Settings, load_settings
 from mlops_nb.tracking import connect, resume_run
 
 __all__ = ["GateResult", "RegistryError", "evaluate_gates", "register_onnx", "champion", "champion_card",
-           "apply_gates", "download_version", "CHAMPION", "CHALLENGER", "CARD_FILE"]
+           "version_card", "apply_gates", "promote", "rollback", "download_version", "CHAMPION", "CHALLENGER",
+           "CARD_FILE"]
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 CARD_FILE = "model_card.json"  # the card's copy among the registered version's extra files
@@ -118,18 +120,64 @@ def register_onnx(*, card: ModelCard, onnx_path: Path | str, input_example: np.n
 
 
 def apply_gates(card: ModelCard, version: str, gates: GatesSettings, settings: Settings | None = None) -> GateResult:
-    """Give `version` the challenger alias, and champion too when the gates pass; record why on the version."""
+    """Give `version` the challenger alias, and champion too when the gates pass; record why on the version and
+    each alias move in the ledger."""
     client = connect(settings)
     current = champion_card(card.model_name, settings)
     result = evaluate_gates(card.test_accuracy, current.test_accuracy if current else None, **gates)
-    client.set_registered_model_alias(card.model_name, CHALLENGER, version)
+    append(card.model_name, alias=CHALLENGER, to_version=str(version), reason="registered by a build",
+           settings=settings)
     for key, value in {"gates": json.dumps(asdict(result)), "gates_passed": str(result.passed),
                        "gates_reason": result.reason,
                        "champion_before": current.model_version if current else "none"}.items():
         client.set_model_version_tag(card.model_name, version, TAG_PREFIX + key, value)
     if result.passed:
-        client.set_registered_model_alias(card.model_name, CHAMPION, version)
+        append(card.model_name, alias=CHAMPION, to_version=str(version), reason=f"build: {result.reason}",
+               gates=asdict(result), settings=settings)
     return result
+
+
+def version_card(model_name: str, version: str, settings: Settings | None = None) -> ModelCard:
+    """A registered version's model card (from its tags); `RegistryError` when the version or its card is missing."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tags = connect(settings).get_model_version(model_name, str(version)).tags
+    except MlflowException:
+        raise RegistryError(f"{model_name} has no version {version}: `mlops-nb history` lists the versions the "
+                            "ledger knows") from None
+    try:
+        return ModelCard.from_tags(tags, str(version))
+    except ValueError as error:
+        raise RegistryError(f"{model_name} version {version}: {error}") from None
+
+
+def promote(model_name: str, version: str, *, reason: str, force: bool = False,
+            settings: Settings | None = None) -> tuple[GateResult, Entry | None]:
+    """Make `version` the champion if it passes the gates against the current champion (or anyway, with `force`):
+    the move is a ledger entry with the gate figures and the reason. Returns the gates and the entry (None: refused)."""
+    settings = settings or load_settings()
+    if not reason.strip():
+        raise RegistryError("a promotion needs a reason (--reason)")
+    card, current = version_card(model_name, version, settings), champion_card(model_name, settings)
+    if current and current.model_version == str(version):
+        raise RegistryError(f"{model_name} version {version} is already the champion")
+    result = evaluate_gates(card.test_accuracy, current.test_accuracy if current else None, **settings.gates)
+    if not (result.passed or force):
+        return result, None
+    entry = append(model_name, alias=CHAMPION, to_version=str(version), reason=reason, gates=asdict(result),
+                   forced=not result.passed, settings=settings)
+    return result, entry
+
+
+def rollback(model_name: str, *, reason: str, settings: Settings | None = None) -> Entry:
+    """Make the previous champion (the one the ledger's last champion move replaced) the champion again."""
+    moves = [e for e in entries(model_name, settings) if e.alias == CHAMPION]
+    if not moves or moves[-1].from_version is None:
+        raise RegistryError(f"{model_name} has no previous champion to roll back to (`mlops-nb history` shows the "
+                            "ledger)")
+    return append(model_name, alias=CHAMPION, to_version=moves[-1].from_version, reason=f"rollback: {reason}",
+                  settings=settings)
 
 
 def download_version(model_name: str, alias_or_version: str, dest: Path | str,

@@ -132,3 +132,39 @@ def git_status(root: Path) -> str:
     """`git status --porcelain` of the project copy at `root` (empty when clean)."""
     return subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True,
                           check=True).stdout
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """A project folder with an empty sqlite registry for `gate-test`, and a small ONNX model to register."""
+    (tmp_path / "settings.ini").write_text("[registry]\nmodel_name = gate-test\n[gates]\nmin_accuracy = 0.9\n"
+                                           "max_regression = 0.01\n")
+    import torch
+
+    from mlops_nb.onnx_export import export_onnx
+    from mlops_nb.research.model import MLP, Standardizer
+    from mlops_nb.settings import load_settings
+
+    settings = load_settings(tmp_path, environ={})
+    torch.manual_seed(0)
+    onnx_path = export_onnx(MLP(4, 3, (8,), 0.0).eval(), Standardizer([0.0] * 4, [1.0] * 4, [0.0] * 4),
+                            tmp_path / "m.onnx")
+    return settings, onnx_path
+
+
+def register(settings, onnx_path, accuracy):
+    """Register the ONNX model with a model card claiming `accuracy`, then apply gates (floor 0.9, margin 0.01)."""
+    import numpy as np
+
+    from mlops_nb.contracts import ModelCard
+    from mlops_nb.registry import apply_gates, register_onnx
+    from mlops_nb.tracking import start_training_run
+
+    run_id = start_training_run(params={"lr": 0.1}, data_hash="abc", settings=settings)
+    card = ModelCard(model_name="gate-test", run_id=run_id, variant="fp32", features=["a", "b", "c", "d"],
+                     classes=["x", "y", "z"], feature_min=0, feature_max=1, data_sha256="abc", onnx_sha256="def",
+                     weights_sha256="123", test_accuracy=accuracy, parity_max_abs_diff=1e-7)
+    version = register_onnx(card=card, onnx_path=onnx_path, input_example=np.zeros((2, 4)),
+                            extra={"reference_profile.json": {"range": [0, 1]}}, settings=settings)
+    result = apply_gates(card, version.version, settings.gates, settings)
+    return version.version, result

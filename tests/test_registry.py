@@ -2,17 +2,12 @@
 
 import json
 
-import numpy as np
 import pytest
-import torch
+from conftest import register
 
-from mlops_nb.onnx_export import export_onnx
 from mlops_nb.contracts import ModelCard
-from mlops_nb.registry import (CHALLENGER, CHAMPION, RegistryError, apply_gates, champion, evaluate_gates,
-                               register_onnx)
-from mlops_nb.research.model import MLP, Standardizer
-from mlops_nb.settings import GatesSettings, load_settings
-from mlops_nb.tracking import connect, start_training_run
+from mlops_nb.registry import CHALLENGER, CHAMPION, RegistryError, champion, evaluate_gates
+from mlops_nb.tracking import connect
 
 
 @pytest.mark.parametrize("accuracy, champion_accuracy, passed, failed_gate", [
@@ -27,26 +22,6 @@ def test_gates(accuracy, champion_accuracy, passed, failed_gate):
     assert result.passed is passed
     assert [c["gate"] for c in result.checks if not c["passed"]] == ([failed_gate] if failed_gate else [])
     assert (result.reason == "all gates passed") is passed
-
-
-@pytest.fixture
-def registry(tmp_path):
-    (tmp_path / "settings.ini").write_text("[registry]\nmodel_name = gate-test\n")
-    settings = load_settings(tmp_path, environ={})
-    torch.manual_seed(0)
-    onnx_path = export_onnx(MLP(4, 3, (8,), 0.0).eval(), Standardizer([0.0] * 4, [1.0] * 4, [0.0] * 4), tmp_path / "m.onnx")
-    return settings, onnx_path
-
-
-def register(settings, onnx_path, accuracy):
-    run_id = start_training_run(params={"lr": 0.1}, data_hash="abc", settings=settings)
-    card = ModelCard(model_name="gate-test", run_id=run_id, variant="fp32", features=["a", "b", "c", "d"],
-                     classes=["x", "y", "z"], feature_min=0, feature_max=1, data_sha256="abc", onnx_sha256="def",
-                     weights_sha256="123", test_accuracy=accuracy, parity_max_abs_diff=1e-7)
-    version = register_onnx(card=card, onnx_path=onnx_path, input_example=np.zeros((2, 4)),
-                            extra={"reference_profile.json": {"range": [0, 1]}}, settings=settings)
-    result = apply_gates(card, version.version, GatesSettings(min_accuracy=0.9, max_regression=0.01), settings)
-    return version.version, result
 
 
 def test_failed_gate_keeps_the_old_champion_and_says_why(registry):

@@ -247,7 +247,7 @@ def test_schemathesis_finds_no_contract_failure_in_the_served_bento(server, tmp_
 
 
 def test_the_gpu_bento_variant_builds_with_the_cuda_runtime_and_device_cuda(built_project):
-    out = subprocess.run([str(BIN / "mlops-nb"), "bento", "--gpu"], cwd=built_project, env=project_env(built_project),
+    out = subprocess.run([str(BIN / "mlops-nb"), "deploy", "--gpu"], cwd=built_project, env=project_env(built_project),
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     tag = json.loads(out.stdout)["bento_tag"]

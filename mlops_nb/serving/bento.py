@@ -22,7 +22,7 @@ from mlops_nb.products import file_sha256
 from mlops_nb.registry import CARD_FILE, CHAMPION, download_version
 from mlops_nb.settings import Settings, load_settings
 
-__all__ = ["import_champion", "build_bento", "bentoml_serve", "served", "Server", "free_port", "BUNDLED_FILES",
+__all__ = ["import_version", "deploy", "build_bento", "bentoml_serve", "served", "Server", "free_port", "BUNDLED_FILES",
            "CARD"]
 
 # file in the bento model <- file in the MLflow model folder
@@ -31,29 +31,40 @@ FRAMEWORK_SOURCE = Path(__file__).resolve().parents[2]  # the folder holding the
 CARD = CARD_FILE  # the same name in the bento model as in the registered version
 
 
-def import_champion(settings: Settings | None = None):
-    """Copy the champion's ONNX file, model card and drift reference into the BentoML model store."""
+def import_version(version: str = CHAMPION, settings: Settings | None = None):
+    """Copy a registered version's (by default the champion's) ONNX file, model card and drift reference into the
+    BentoML model store: the newest model there is what the service serves."""
     import bentoml
 
     from mlops_nb.registry import champion
 
     settings = settings or load_settings()
     name = settings.registry.model_name
-    version = champion(name, settings)
-    if version is None:
-        raise LookupError(f"registered model {name!r} has no {CHAMPION!r} alias yet: no version passed the gates")
+    if version == CHAMPION:
+        found = champion(name, settings)
+        if found is None:
+            raise LookupError(f"registered model {name!r} has no {CHAMPION!r} alias yet: no version passed the gates")
+        version = str(found.version)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = download_version(name, CHAMPION, Path(tmp) / "model", settings)
+        folder = download_version(name, str(version), Path(tmp) / "model", settings)
         card = ModelCard.model_validate({**json.loads((folder / "extra_files" / CARD).read_text()),
-                                         "model_version": str(version.version)})
+                                         "model_version": str(version)})
         if file_sha256(folder / "model.onnx") != card.onnx_sha256:
-            raise ValueError(f"{name} v{version.version}: registry file differs from the parity-checked ONNX file")
-        with bentoml.models.create(name, labels={"stage": CHAMPION, "registry_version": str(version.version)},
+            raise ValueError(f"{name} v{version}: registry file differs from the parity-checked ONNX file")
+        with bentoml.models.create(name, labels={"registry_version": str(version)},
                                    metadata=card.model_dump(mode="json")) as model:
             for file, source in BUNDLED_FILES.items():
                 shutil.copy2(folder / source, model.path_of(file))
             Path(model.path_of(CARD)).write_text(card.model_dump_json(indent=2))
     return model
+
+
+def deploy(version: str = CHAMPION, settings: Settings | None = None, *, gpu: bool = False):
+    """Build the bento for a registered version (default: the champion): import it, then build; returns both.
+    The DAG's bento task calls this for the champion; after `mlops-nb rollback`, `mlops-nb deploy` serves the
+    previous champion without retraining."""
+    model = import_version(version, settings)
+    return model, build_bento(settings, gpu=gpu)
 
 
 GPU_CUDA_IMAGE = "12.8"  # the newest CUDA base image BentoML 1.4 offers; CUDA 13 libraries come as wheels
