@@ -37,8 +37,9 @@ def _lint(args) -> int:
 
         settings = load_settings()
         notebooks = sorted((settings.root / "notebooks").glob("*.ipynb"))
-        findings = [replace(f, notebook=str(Path(f.notebook).relative_to(settings.root))) for f in lint_paths(notebooks)]
-        findings += overridden_parameters(dag_for(settings), settings.root) + unclean_notebooks(notebooks, settings.root)
+        root = settings.root
+        findings = [replace(f, notebook=str(Path(f.notebook).relative_to(root))) for f in lint_paths(notebooks)]
+        findings += overridden_parameters(dag_for(settings), root) + unclean_notebooks(notebooks, root)
     failing = at_or_above(findings, args.fail_on)
     if args.json:
         print(to_json(findings))
@@ -149,7 +150,7 @@ def _rollback(args) -> int:
     settings = load_settings()
     entry = rollback(settings.registry.model_name, reason=args.reason, settings=settings)
     print(entry.model_dump_json(indent=2) if args.json else _entry_line(entry) +
-          "\nserve it: `ploomber build` (the bento task builds the champion's bento)")
+          "\nserve it: `mlops-nb deploy` (builds the champion's bento; a ploomber build does not see alias moves)")
     return 0
 
 

@@ -19,8 +19,8 @@ import pytest
 from mlops_nb.pipeline import TELEMETRY_OFF
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("notebooks", "mlops_nb", "pipeline.yaml", "dag.yaml", "settings.ini", "bentofile.yaml", "pyproject.toml",
-                 ".jupyter")
+PROJECT_FILES = ("notebooks", "mlops_nb", "pipeline.yaml", "dag.yaml", "settings.ini", "bentofile.yaml",
+                 "pyproject.toml", ".jupyter")
 BIN = Path(sys.executable).parent
 FAST_EPOCHS = 12  # enough for the digits MLP to pass the 0.95 gate, in a few seconds
 
