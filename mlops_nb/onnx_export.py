@@ -52,6 +52,11 @@ def export_onnx(model, standardizer, path: Path | str, *, opset: int = 18) -> Pa
         torch.onnx.export(_serving_model(model, standardizer), (torch.zeros(2, standardizer.n_features),), str(tmp),
                           dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
                           dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
+        graph = onnx.load(str(tmp))
+        for node in graph.graph.node:  # the exporter's stack traces name this machine's folders: drop them
+            del node.metadata_props[:]
+            node.doc_string = ""
+        onnx.save(graph, str(tmp))
         onnx.checker.check_model(str(tmp))
     return Path(path)
 

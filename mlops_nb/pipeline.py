@@ -192,6 +192,7 @@ def task_context(name: str, upstream, product, **params) -> TaskContext:
     each resolved param and where it came from.
     """
     if product is not None:
+        _forget_metadata(product)
         return TaskContext(name, upstream, product, SimpleNamespace(**{k: _typed(k, v) for k, v in params.items()}))
     from mlops_nb.scratch import build_environ, open_scratch
 
@@ -213,6 +214,13 @@ def task_context(name: str, upstream, product, **params) -> TaskContext:
     for key, (value, source) in resolved.items():
         print(f"  {key} = {value!r}  <- {source}")
     return context
+
+
+def _forget_metadata(product) -> None:
+    """Delete the ploomber metadata of a task's products as the task starts: a build killed before the task ends
+    (SIGKILL runs no failure hook) then leaves nothing that the next build takes as up to date."""
+    for path in map(Path, product.values() if isinstance(product, dict) else [product]):
+        (path.parent / f".{path.name}.metadata").unlink(missing_ok=True)
 
 
 def _scratch_param(value, settings: Settings, scratch):

@@ -1,12 +1,18 @@
-"""Serving follows the registry: a rollback, then `mlops-nb deploy`, serves the previous champion (no retraining)."""
+"""Lifecycle: a rollback then `mlops-nb deploy` serves the previous champion; artifacts are byte-identical from any
+folder; a build killed mid-task leaves nothing trusted."""
 
 import json
+import os
+import signal
 import subprocess
+import time
 
 import httpx
 import pytest
-from conftest import BIN, copy_project, project_env, run_build
+from conftest import BIN, FAST_EPOCHS, copy_project, project_env, ran_tasks, run_build
 
+from mlops_nb.products import read_json
+from mlops_nb.research.model import load_model, weights_sha256
 from mlops_nb.serving.bento import served
 
 pytestmark = pytest.mark.engines
@@ -41,3 +47,51 @@ def test_rollback_then_deploy_serves_the_previous_champion(tmp_path):
         ("challenger", "1"), ("champion", "1"), ("challenger", "2"), ("champion", "2"), ("champion", "1")]
     status = json.loads(mlops_nb(root, "status", "--json"))
     assert status["champion"]["model_version"] == "1" and status["challenger"]["model_version"] == "2"
+
+
+def test_two_clones_in_different_folders_build_byte_identical_artifacts(tmp_path):
+    from mlops_nb.products import file_sha256
+
+    hashes = []
+    for folder in (tmp_path / "first" / "project", tmp_path / "second" / "elsewhere"):
+        copy_project(folder)
+        run_build(folder)
+        products = folder / "products"
+        artifacts = [*sorted((products / "snapshots").glob("*.parquet")), products / "train/model.pt",
+                     products / "export/model.onnx", products / "export/model.int8.onnx"]
+        hashes.append({str(p.relative_to(products)): file_sha256(p) for p in artifacts})
+        assert all(str(folder).encode() not in p.read_bytes() for p in artifacts)  # no build path inside
+    assert hashes[0] == hashes[1] and len(hashes[0]) == 4
+
+
+def task_code_ran(notebook, before) -> bool:
+    """Has papermill's copy of the executed notebook (rewritten after each cell) run its `task_context` cell?"""
+    try:
+        if notebook.stat().st_mtime_ns == before:
+            return False
+        cells = json.loads(notebook.read_text())["cells"]
+    except (OSError, ValueError):  # not there yet, or caught mid-write
+        return False
+    return any("task_context(" in "".join(c["source"]) and
+               c.get("metadata", {}).get("papermill", {}).get("status") == "completed" for c in cells)
+
+
+def test_a_build_killed_mid_task_leaves_nothing_the_next_build_trusts(tmp_path):
+    root = copy_project(tmp_path / "project")
+    run_build(root)
+    notebook = root / "products/03_train.ipynb"
+    before = notebook.stat().st_mtime_ns
+    build = subprocess.Popen([str(BIN / "ploomber"), "task", "train", "--force"], cwd=root,
+                             env=project_env(root, MLOPS_NB_TRAINING_EPOCHS=str(FAST_EPOCHS)),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not task_code_ran(notebook, before):
+        assert build.poll() is None and time.monotonic() < deadline, "train never started"
+        time.sleep(0.2)
+    time.sleep(1)
+    os.killpg(build.pid, signal.SIGKILL)
+    build.wait(timeout=60)
+    assert "train" in ran_tasks(run_build(root))  # the killed task's products are not taken as up to date
+    run = read_json(root / "products/train/run.json")
+    model, _ = load_model(root / "products/train/model.pt")
+    assert weights_sha256(model) == run["weights_sha256"]

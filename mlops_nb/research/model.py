@@ -5,6 +5,7 @@ __all__ = ['Standardizer', 'MLP', 'seed_everything', 'predict_proba', 'train_mod
 
 # %% ../../notebooks/03_train.ipynb #79c29538
 import hashlib
+import io
 import random
 
 import numpy as np
@@ -117,10 +118,12 @@ def weights_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 def save_model(path, model: MLP, standardizer: Standardizer) -> None:
-    "Save weights, architecture and preprocessing together, atomically."
+    "Save weights, architecture and preprocessing together, atomically; the same bytes from any folder."
+    buffer = io.BytesIO()  # torch names its archive after the file it writes: a temporary name would vary
+    torch.save({"config": model.config, "state_dict": model.state_dict(), "standardizer": standardizer.to_dict()},
+               buffer)
     with atomic_path(path) as tmp:
-        torch.save({"config": model.config, "state_dict": model.state_dict(),
-                    "standardizer": standardizer.to_dict()}, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 def load_model(path) -> tuple[MLP, Standardizer]:
     "Load what `save_model` wrote; the model comes back in eval mode."
