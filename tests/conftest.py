@@ -74,8 +74,10 @@ def built_project(tmp_path_factory) -> Path:
 
 
 @contextmanager
-def jupyter_lab(root: Path, log: Path, *, user_settings: dict | None = None, timeout_s: float = 120):
-    """`mlops-nb lab` as README starts it, in `root`, on a free loopback port with a token; yields (url, token).
+def jupyter_lab(root: Path, log: Path, *, user_settings: dict | None = None, timeout_s: float = 120,
+                plain: bool = False):
+    """`mlops-nb lab` as README starts it (`plain`: `jupyter lab`), in `root`, on a free loopback port with a token;
+    yields (url, token).
 
     The server gets its own runtime folder and JupyterLab user-settings folder (`user_settings`: plugin id ->
     settings), never root's."""
@@ -84,7 +86,7 @@ def jupyter_lab(root: Path, log: Path, *, user_settings: dict | None = None, tim
     from mlops_nb.serving.bento import free_port
 
     port, token = free_port(), secrets.token_hex(16)
-    command = [str(BIN / "mlops-nb"), "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
+    command = [*([str(BIN / "jupyter")] if plain else [str(BIN / "mlops-nb")]), "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
                f"--IdentityProvider.token={token}"]
     settings_dir = log.parent / "lab-user-settings"
     for plugin, values in (user_settings or {}).items():

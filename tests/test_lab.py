@@ -55,3 +55,16 @@ def test_a_save_of_an_opened_and_run_notebook_leaves_git_clean(lab, name):
                       timeout=30)
     assert saved.status_code == 200, saved.text
     assert git_status(lab.root) == ""
+
+
+def test_plain_jupyter_lab_lists_and_opens_the_notebooks_too(tmp_path):
+    root = copy_project(tmp_path / "project")
+    log = tmp_path / "plain-lab.log"
+    with jupyter_lab(root, log, plain=True) as (url, token):
+        listing = httpx.get(f"{url}/api/contents/notebooks", params={"token": token}, timeout=30)
+        assert listing.status_code == 200, log.read_text()[-3000:]
+        names = sorted(item["name"] for item in listing.json()["content"])
+        assert names == sorted(p.name for p in (REPO / "notebooks").glob("*.ipynb"))
+        opened = httpx.get(f"{url}/api/contents/notebooks/{names[0]}", params={"token": token}, timeout=30)
+        assert opened.status_code == 200 and opened.json()["type"] == "notebook"
+    assert server_errors(log) == []
