@@ -178,14 +178,14 @@ def _status(args) -> int:
 
     settings = load_settings()
     name, products = settings.registry.model_name, settings.products_dir
-    aliases = connect(settings).get_registered_model(name).aliases if entries(name, settings) else {}
+    ledger = entries(name, settings)
+    aliases = connect(settings).get_registered_model(name).aliases if ledger else {}
 
     def card(alias):
         version = aliases.get(alias)
         return version_card(name, version, settings).model_dump(mode="json", include={
             "model_version", "variant", "test_accuracy", "run_id"}) if version else None
 
-    ledger = entries(name, settings)
     record = products / "record.json"
     bento = products / "bento/bento.json"
     status = {"model_name": name, "champion": card(CHAMPION), "challenger": card(CHALLENGER),

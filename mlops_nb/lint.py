@@ -36,9 +36,10 @@ def overridden_parameters(dag, root: Path | None = None) -> list[Finding]:
     findings = []
     for task in dag.values():
         path = getattr(task.source, "loc", None)
-        if not (path and str(path).endswith(".ipynb")) or _parameters(path) is None:
+        found = _parameters(path) if path and str(path).endswith(".ipynb") else None
+        if found is None:
             continue  # a notebook without a parameters cell is notebook_lint's NB101
-        index, source = _parameters(path)
+        index, source = found
         shown = Path(path).relative_to(root) if root and Path(path).is_relative_to(root) else Path(path)
         for node in ast.parse(source).body:
             for target in getattr(node, "targets", []):
