@@ -1,7 +1,7 @@
 """Side-by-side serving benchmark: the project's bento against MLflow's model server and two framework floors.
 
     .venv/bin/python benchmarks/peers.py [--seconds 15] [--peers starlette,bentoml,mlflow,mlops-nb]
-                                         [--levels 1,32,256] [--rows 1,64]
+                                         [--levels 1,32,256] [--rows 1,64] [--bento TAG]
 
 Run after a build (it needs products/ and the registry's champion); prints figures and ratios, not a test.
 Each peer runs alone, pinned to CPU 0 (`taskset -c 0`), and is stopped before the next one starts; wrk drives it
@@ -12,7 +12,9 @@ products/evidence/serving-benchmark.json.
 
 Peers: `starlette` (a Starlette app that parses the body and answers a constant, under uvicorn), `bentoml` (a
 BentoML service with one constant API), `mlflow` (`mlflow models serve` of the champion), `mlops-nb` (the
-project's built bento) and `mlops-nb-batched` (the same bento with `[serving] batching = adaptive`). Every
+project's built bento), `mlops-nb-batched` (the same bento with `[serving] batching = adaptive`) and
+`mlops-nb-shadow` (the same bento scoring every request with its shadow challenger too; `--bento TAG` names a
+bento that `MLOPS_NB_SERVING_SHADOW_FRACTION=1 mlops-nb deploy` built with one). Every
 server keeps its framework's defaults (workers, access logs).
 """
 
@@ -29,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -166,10 +168,11 @@ def mlflow_server(settings: Settings, scratch: Path, port: int) -> Launch:
                    "--host", "127.0.0.1", "--port", str(port)], env, scratch)
 
 
-def mlops_nb_bento(settings: Settings, scratch: Path, port: int, **overrides: str) -> Launch:
-    """`bentoml serve` of the project's built bento (settings `overrides` as environment variables); its
-    prediction log goes to the scratch folder."""
-    tag = read_json(settings.products_dir / "bento/bento.json")["bento_tag"]
+def mlops_nb_bento(settings: Settings, scratch: Path, port: int, *, tag: str | None = None,
+                   **overrides: str) -> Launch:
+    """`bentoml serve` of the bento `tag` (default: the one the build made; settings `overrides` as environment
+    variables); its prediction log goes to the scratch folder."""
+    tag = tag or read_json(settings.products_dir / "bento/bento.json")["bento_tag"]
     env = {**base_env(), "MLOPS_NB_MONITORING_PREDICTION_LOG": str(scratch / "predictions.jsonl"), **overrides}
     return Launch([str(BIN / "bentoml"), "serve", tag, "--host", "127.0.0.1", "--port", str(port)], env,
                   settings.root)
@@ -183,6 +186,10 @@ PEERS = {peer.name: peer for peer in [
     # the same bento with in-process adaptive batching instead of inline scoring
     Peer("mlops-nb-batched", "/predict", "instances",
          partial(mlops_nb_bento, MLOPS_NB_SERVING_BATCHING="adaptive")),
+    # the same bento scoring every request with its bundled shadow challenger too (`--bento` a deployed one that
+    # holds a challenger: `MLOPS_NB_SERVING_SHADOW_FRACTION=1 mlops-nb deploy`)
+    Peer("mlops-nb-shadow", "/predict", "instances",
+         partial(mlops_nb_bento, MLOPS_NB_SERVING_SHADOW_FRACTION="1")),
 ]}
 
 
@@ -404,7 +411,11 @@ def main() -> None:
     parser.add_argument("--peers", type=peer_list, default=list(PEERS.values()), help=f"from {','.join(PEERS)}")
     parser.add_argument("--levels", type=int_list, default=[1, 32, 256], help="wrk connections, e.g. 1,32,256")
     parser.add_argument("--rows", type=int_list, default=[1, 64], help="rows per request body, e.g. 1,64")
+    parser.add_argument("--bento", help="the bento the mlops-nb peers serve (default: the build's)")
     args = parser.parse_args()
+    if args.bento:
+        args.peers = [replace(p, launch=partial(p.launch, tag=args.bento)) if p.name.startswith("mlops-nb") else p
+                      for p in args.peers]
     os.environ.update(TELEMETRY_OFF)
     settings = load_settings()
     rows = feature_rows(settings)

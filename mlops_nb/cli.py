@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from mlops_nb.ledger import LedgerError
@@ -98,7 +98,28 @@ def _deploy(args) -> int:
 
     model, bento = deploy(args.version, gpu=args.gpu)
     print(json.dumps({"bento_tag": str(bento.tag), "model_tag": str(model.tag),
-                      "model_version": model.info.metadata["model_version"], "gpu": args.gpu}, indent=2))
+                      "model_version": model.info.metadata["model_version"],
+                      "shadow_version": model.info.labels.get("shadow_version"), "gpu": args.gpu}, indent=2))
+    return 0
+
+
+def _predict(args) -> int:
+    from mlops_nb.batch import BatchInputError, predict_file
+
+    try:
+        summary = predict_file(args.input, args.output, version=args.model, rejected=args.rejected,
+                               chunk_rows=args.chunk_rows)
+    except BatchInputError as error:
+        print(f"mlops-nb predict: {error}", file=sys.stderr)
+        return 2
+    if summary.rejected:
+        print(f"mlops-nb predict: {summary.rejected:,} of {summary.rows:,} rows REJECTED (not scored), each with its "
+              f"reason: {summary.rejected_path}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print(f"{summary.rows:,} rows: {summary.scored:,} scored -> {summary.output}, {summary.rejected:,} rejected -> "
+              f"{summary.rejected_path}; {summary.rows_per_s:,.0f} rows/s; model version {summary.model_version}")
     return 0
 
 
@@ -186,10 +207,10 @@ def _status(args) -> int:
         return version_card(name, version, settings).model_dump(mode="json", include={
             "model_version", "variant", "test_accuracy", "run_id"}) if version else None
 
-    record = products / "record.json"
+    registration = products / "register/registration.json"  # the last build's register task (partial builds too)
     bento = products / "bento/bento.json"
     status = {"model_name": name, "champion": card(CHAMPION), "challenger": card(CHALLENGER),
-              "last_build": json.loads(record.read_text())["registration"] if record.is_file() else None,
+              "last_build": json.loads(registration.read_text()) if registration.is_file() else None,
               "serving": json.loads(bento.read_text()) if bento.is_file() else None,
               "last_ledger_entry": ledger[-1].model_dump(mode="json") if ledger else None}
     if args.json:
@@ -209,6 +230,71 @@ def _status(args) -> int:
                             serving.get("bento_tag") else "no bento built"))
     print("ledger      " + (_entry_line(ledger[-1]) if ledger else "empty"))
     return 0
+
+
+def _compare(args) -> int:
+    from mlops_nb.compare import compare_shadow, read_labels
+
+    settings = load_settings()
+    log = args.log or settings.path(settings.monitoring.prediction_log)
+    try:
+        labels = read_labels(args.labels) if args.labels else None
+        result = compare_shadow(log, labels)
+    except (OSError, ValueError) as error:
+        print(f"mlops-nb compare: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    elif result.requests:
+        def versions(counts):
+            return ", ".join(f"v{v}" for v in sorted(counts))
+
+        print(f"prediction log {log}\nchampion {versions(result.champion_versions)} against shadow challenger "
+              f"{versions(result.challenger_versions)}: {result.requests} requests, {result.rows} rows")
+        print(f"agreement   {result.agreement:.4f} ({result.agreeing_rows} of {result.rows} rows answer the same "
+              "label)")
+        if result.labelled_rows:
+            lift = result.challenger_accuracy - result.champion_accuracy
+            print(f"accuracy    champion {result.champion_accuracy:.4f}, challenger {result.challenger_accuracy:.4f} "
+                  f"({lift:+.4f}) on {result.labelled_rows} labelled rows")
+        else:
+            print("accuracy    no labels joined" + (f" (none of {args.labels} matches a compared row)"
+                                                    if args.labels else ": pass --labels FILE once they arrive"))
+        if result.unpaired:
+            print(f"note: {result.unpaired} shadow records have no champion record in this log")
+    if not result.requests:
+        print(f"no shadow-scored requests in {log}: set [serving] shadow_fraction above 0, run `mlops-nb deploy` "
+              "while the registry's challenger is another version than the champion, and serve", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _reproduce(args) -> int:
+    from mlops_nb.reproduce import ReproduceRefused, reproduce
+
+    settings = load_settings()
+    print(f"rebuilding {settings.registry.model_name} v{args.version} in a temporary workspace from its commit, "
+          "data snapshot and build settings ...", file=sys.stderr)
+    try:
+        result = reproduce(args.version, settings, keep=args.keep)
+    except ReproduceRefused as refused:
+        if args.json:
+            print(json.dumps({"reproduced": False, "refused": refused.reasons}, indent=2))
+        print("refused: " + "\n         ".join(refused.reasons), file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"reproduced": result.matched, **asdict(result)}, indent=2))
+    else:
+        for check in result.checks:
+            shown = [str(check[k])[:16] for k in ("recorded", "rebuilt")]
+            print(f"{'MATCH' if check['match'] else 'DIFF '} {check['what']:<36} {shown[0]:<16} " +
+                  ("" if check["match"] else f"rebuilt {shown[1]}"))
+        for warning in result.warnings:
+            print(f"note: {warning}")
+        same = sum(c["match"] for c in result.checks)
+        print(f"{'reproduced' if result.matched else 'NOT reproduced'}: {same} of {len(result.checks)} figures "
+              f"match, commit {result.commit[:12]}, rebuilt in {result.seconds:.0f} s")
+    return 0 if result.matched else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,6 +331,16 @@ def main(argv: list[str] | None = None) -> int:
     deploy.add_argument("--gpu", action="store_true", help="the CUDA variant: onnxruntime-gpu, a CUDA base image, "
                                                            "device = cuda")
     deploy.set_defaults(run=_deploy)
+    predict = commands.add_parser("predict", help="score a CSV or Parquet file with a registered version, in chunks; "
+                                                  "rejected rows go to a file with their reason")
+    predict.add_argument("input", type=Path, help="rows to score: .csv or .parquet, with the model's feature columns")
+    predict.add_argument("output", type=Path, help="scored rows: .csv or .parquet (written when the run completes)")
+    predict.add_argument("--model", default="champion", help="a version number, or champion (default)")
+    predict.add_argument("--rejected", type=Path, help="rejected rows (default: OUTPUT's <stem>.rejected.<ext>)")
+    predict.add_argument("--chunk-rows", type=int, default=65536, help="rows read and scored at a time (about, "
+                                                                        "for CSV; default 65536)")
+    predict.add_argument("--json", action="store_true", help="the summary as JSON")
+    predict.set_defaults(run=_predict)
     commands.add_parser("settings", help="print the validated settings").set_defaults(run=_settings)
     commands.add_parser("champion", help="show the registry's champion and why it was promoted").set_defaults(
         run=_champion)
@@ -265,6 +361,20 @@ def main(argv: list[str] | None = None) -> int:
     status = commands.add_parser("status", help="champion, challenger, last build, serving version, last ledger entry")
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=_status)
+    compare = commands.add_parser("compare", help="champion against the shadow challenger from the prediction log: "
+                                                  "agreement, and accuracy with a labels file")
+    compare.add_argument("--log", type=Path, help="a prediction log (default: [monitoring] prediction_log)")
+    compare.add_argument("--labels", type=Path, help="true labels that arrived later: CSV or JSON lines with "
+                                                     "request_id, label and optionally row (default 0)")
+    compare.add_argument("--json", action="store_true")
+    compare.set_defaults(run=_compare)
+    reproduce = commands.add_parser("reproduce", help="rebuild a registered version from its commit, snapshot and "
+                                                      "settings in a clean workspace; compare hashes and metrics "
+                                                      "(exit 0 match, 1 differ, 2 refused)")
+    reproduce.add_argument("version")
+    reproduce.add_argument("--keep", action="store_true", help="keep the temporary workspace")
+    reproduce.add_argument("--json", action="store_true")
+    reproduce.set_defaults(run=_reproduce)
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "passes_args", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

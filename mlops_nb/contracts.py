@@ -7,10 +7,13 @@ from typing import Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ModelCard", "PredictionRecord", "PREDICTION_LOG_SCHEMA", "METRICS", "TAG_PREFIX"]
+__all__ = ["ModelCard", "PredictionRecord", "PREDICTION_LOG_SCHEMA", "METRICS", "TAG_PREFIX", "CARD_FILE",
+           "SHADOW_FOLDER"]
 
 PREDICTION_LOG_SCHEMA = 1
 TAG_PREFIX = "mlops_nb."  # every tag the project writes on runs and registered versions
+CARD_FILE = "model_card.json"  # the card beside the ONNX file: in a registered version's files and a bento model
+SHADOW_FOLDER = "shadow"  # the bento model's sub-folder holding the shadow challenger (its ONNX file and card)
 
 
 class ModelCard(BaseModel):
@@ -74,7 +77,8 @@ class PredictionRecord(BaseModel):
     model_version: str
     role: Literal["champion", "challenger", "canary", "shadow", "fallback"] = "champion"
     subject: str | None = Field(None, description="optional key of whatever the request is about")
-    inputs: list[list[float]]
+    inputs: list[list[float]] = Field(description="the request's rows; empty in a shadow record (the champion "
+                                                   "record with the same request_id holds them)")
     labels: list[int] | list[str]
     confidence: list[float]
     latency_ms: float
@@ -88,4 +92,5 @@ METRICS = {
     "model": "mlops_nb_model_info",
     "log_dropped": "mlops_nb_prediction_log_dropped_total",
     "rejected": "mlops_nb_overload_rejected_total",
+    "shadow": "mlops_nb_shadow_requests_total",
 }

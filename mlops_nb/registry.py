@@ -10,17 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
-from mlops_nb.contracts import TAG_PREFIX, ModelCard
+from mlops_nb.contracts import CARD_FILE, TAG_PREFIX, ModelCard
 from mlops_nb.ledger import Entry, append, entries
 from mlops_nb.settings import GatesSettings, Settings, load_settings
 from mlops_nb.tracking import connect, resume_run
 
 __all__ = ["GateResult", "RegistryError", "evaluate_gates", "register_onnx", "champion", "champion_card",
-           "version_card", "apply_gates", "promote", "rollback", "download_version", "CHAMPION", "CHALLENGER",
-           "CARD_FILE"]
+           "version_card", "apply_gates", "promote", "rollback", "download_version", "fetch_version", "CHAMPION",
+           "CHALLENGER", "CARD_FILE"]
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-CARD_FILE = "model_card.json"  # the card's copy among the registered version's extra files
 
 
 @dataclass
@@ -190,3 +189,32 @@ def download_version(model_name: str, alias_or_version: str, dest: Path | str,
     dest = Path(dest)
     shutil.rmtree(dest, ignore_errors=True)
     return Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}{ref}", dst_path=str(dest)))
+
+
+def fetch_version(model_name: str, version: str, dest: Path | str,
+                  settings: Settings | None = None) -> tuple[Path, ModelCard]:
+    """Download a registered version (a number, or `champion`) into `dest` with its model card (from its extra
+    files, `model_version` set), checking the ONNX file against the card's SHA-256: what serving and batch scoring
+    load. `RegistryError` when there is no such version, no champion yet, or the file differs."""
+    from mlflow.exceptions import MlflowException
+
+    from mlops_nb.products import file_sha256
+
+    if version == CHAMPION:
+        found = champion(model_name, settings)
+        if found is None:
+            raise RegistryError(f"registered model {model_name!r} has no {CHAMPION!r} alias yet: no version passed "
+                                "the gates")
+        version = str(found.version)
+    elif not str(version).isdigit():
+        raise RegistryError(f"{version!r} is not a version: give a version number or {CHAMPION!r}")
+    try:
+        folder = download_version(model_name, str(version), dest, settings)
+    except MlflowException:
+        raise RegistryError(f"{model_name} has no version {version}: `mlops-nb history` lists the versions the "
+                            "ledger knows") from None
+    card = ModelCard.model_validate({**json.loads((folder / "extra_files" / CARD_FILE).read_text()),
+                                     "model_version": str(version)})
+    if file_sha256(folder / "model.onnx") != card.onnx_sha256:
+        raise RegistryError(f"{model_name} v{version}: registry file differs from the parity-checked ONNX file")
+    return folder, card

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = ["Settings", "SettingsError", "load_settings", "find_project_root", "ENV_PREFIX"]
 
@@ -103,6 +103,7 @@ class ServingSettings(_Section):
     api_key_env: str = Field("", pattern=r"^([A-Z_][A-Z0-9_]*)?$")
     workers: int = Field(1, ge=1)
     timeout_s: int = Field(30, ge=1)
+    shadow_fraction: float = Field(0.0, ge=0, le=1)
 
     @field_validator("api_key_env")
     @classmethod
@@ -134,6 +135,13 @@ class Settings(_Section):
     monitoring: MonitoringSettings = MonitoringSettings()
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="after")
+    def _shadow_needs_the_log(self):
+        if self.serving.shadow_fraction and not self.monitoring.log_predictions:
+            raise ValueError("[serving] shadow_fraction > 0 needs [monitoring] log_predictions = true: shadow "
+                             "answers exist only in the prediction log")
+        return self
 
     def path(self, value: Path | str) -> Path:
         """Resolve a path setting against the project root."""
@@ -196,7 +204,7 @@ def _explain(error: ValidationError, source: Path) -> str:
     lines = []
     for e in error.errors():
         loc = [str(p) for p in e["loc"]]
-        where = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else f"[{loc[0]}]" if loc else "(file)"
+        where = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else f"[{loc[0]}]" if loc else ""
         msg = e["msg"].replace("Value error, ", "")
         if e["type"] == "extra_forbidden":
             section = Settings.model_fields.get(loc[0])
@@ -204,7 +212,7 @@ def _explain(error: ValidationError, source: Path) -> str:
                 sorted(set(Settings.model_fields) - {"root"})
             msg = f"unknown key; allowed keys: {', '.join(known)}"
         given = f" = {e['input']!r}" if e["type"] != "extra_forbidden" and not isinstance(e["input"], dict) else ""
-        lines.append(f"{source}: {where}{given}: {msg}")
+        lines.append(f"{source}: {where}{given}: {msg}" if where else f"{source}: {msg}")
     return "invalid settings:\n  " + "\n  ".join(lines)
 
 

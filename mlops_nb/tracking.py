@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -11,10 +12,14 @@ from pathlib import Path
 
 from mlops_nb.settings import Settings, load_settings
 
-__all__ = ["connect", "start_training_run", "resume_run", "log_notebooks", "provenance", "KEY_PACKAGES"]
+__all__ = ["connect", "start_training_run", "resume_run", "log_notebooks", "provenance", "build_settings",
+           "KEY_PACKAGES", "BUILD_SECTIONS", "BUILD_SETTINGS_TAG"]
 
-KEY_PACKAGES = ("torch", "numpy", "pandas", "scikit-learn", "onnx", "onnxruntime", "mlflow", "bentoml",
-                "ploomber", "papermill")
+KEY_PACKAGES = ("mlops-nb", "torch", "numpy", "pandas", "scikit-learn", "onnx", "onnxscript", "onnxruntime",
+                "onnxruntime-gpu", "mlflow", "bentoml", "ploomber", "papermill")
+# the settings sections a model's files and metrics depend on; a training run records them (`mlops-nb reproduce`)
+BUILD_SECTIONS = ("data", "validation", "training", "export")
+BUILD_SETTINGS_TAG = "mlops_nb.build_settings"
 
 
 def connect(settings: Settings | None = None):
@@ -60,13 +65,20 @@ def provenance(root: Path) -> dict[str, str]:
     return tags
 
 
+def build_settings(settings: Settings) -> dict[str, dict]:
+    """The effective `BUILD_SECTIONS` (settings.ini plus environment overrides), as JSON-ready values."""
+    return {section: settings[section].model_dump(mode="json") for section in BUILD_SECTIONS}
+
+
 def start_training_run(*, params: dict, data_hash: str, settings: Settings | None = None) -> str:
-    """Open the run that will hold one trained model: params (as they are), data hash and provenance; returns its id."""
+    """Open the run that will hold one trained model: params (as they are), data hash, provenance and the effective
+    build settings; returns its id."""
     import mlflow
 
     settings = settings or load_settings()
     connect(settings)
-    tags = {**provenance(settings.root), "mlops_nb.data_sha256": data_hash}
+    tags = {**provenance(settings.root), "mlops_nb.data_sha256": data_hash,
+            BUILD_SETTINGS_TAG: json.dumps(build_settings(settings), sort_keys=True)}
     with mlflow.start_run(tags=tags) as run:
         # task name plus short run id: distinct in MLflow's UI, unlike the generated names (seeded `random`)
         mlflow.set_tag("mlflow.runName", f"train-{run.info.run_id[:8]}")

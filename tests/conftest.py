@@ -73,6 +73,37 @@ def built_project(tmp_path_factory) -> Path:
     return root
 
 
+def bento_tag(root: Path) -> str:
+    """The tag of the bento the build at `root` made."""
+    from mlops_nb.products import read_json
+
+    return read_json(root / "products/bento/bento.json")["bento_tag"]
+
+
+@pytest.fixture(scope="session")
+def server(built_project, tmp_path_factory):
+    """`bentoml serve <bento tag>` from the build's bento, on a free loopback port, once per session (the service
+    and batch tests share it); yields (url, server log, prediction log); stopped at the end.
+
+    The build is brought back to the session's settings first (other modules' tests change them), so the train
+    product is the served model's; the tests that use it run last (`pytest_collection_modifyitems`), after every
+    test that rebuilds the project or moves the champion."""
+    from mlops_nb.serving.bento import served
+
+    run_build(built_project)
+    folder = tmp_path_factory.mktemp("serve")
+    log, predictions = folder / "serve.log", folder / "predictions.jsonl"
+    env = project_env(built_project, MLOPS_NB_MONITORING_PREDICTION_LOG=str(predictions))
+    with served(bento_tag(built_project), cwd=built_project, env=env, log=log) as url:
+        yield url, log, predictions
+
+
+def pytest_collection_modifyitems(items):
+    """Run the tests on the session's served bento last, in their usual order: it is started once, and tests
+    elsewhere rebuild the project and move the champion, which would leave it serving an older version."""
+    items.sort(key=lambda item: "server" in getattr(item, "fixturenames", ()))
+
+
 @contextmanager
 def jupyter_lab(root: Path, log: Path, *, user_settings: dict | None = None, timeout_s: float = 120,
                 plain: bool = False):

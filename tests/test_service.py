@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from conftest import BIN, project_env, run_build
+from conftest import BIN, bento_tag, project_env
 
 from mlops_nb.monitoring import read_prediction_log
 from mlops_nb.onnx_export import onnx_predict, ort_session
@@ -23,24 +23,6 @@ from mlops_nb.serving.bento import CARD, served
 from mlops_nb.settings import load_settings
 
 ROW = [0.0] * 64
-
-
-def bento_tag(root) -> str:
-    return read_json(root / "products/bento/bento.json")["bento_tag"]
-
-
-@pytest.fixture(scope="module")
-def server(built_project, tmp_path_factory):
-    """`bentoml serve <bento tag>` from the build's bento, on a free loopback port; stopped afterwards.
-
-    The build is brought back to the session's settings first (other modules' tests change them), so the train
-    product is the served model's."""
-    run_build(built_project)
-    folder = tmp_path_factory.mktemp("serve")
-    log, predictions = folder / "serve.log", folder / "predictions.jsonl"
-    env = project_env(built_project, MLOPS_NB_MONITORING_PREDICTION_LOG=str(predictions))
-    with served(bento_tag(built_project), cwd=built_project, env=env, log=log) as url:
-        yield url, log, predictions
 
 
 @pytest.fixture(scope="module")

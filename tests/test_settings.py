@@ -40,6 +40,9 @@ def test_environment_overrides_a_key(tmp_path):
      "[validation] max_missing_fraction = '1.5': Input should be less than 1"),
     ("[registry]\nmodel_name = has space\n", "[registry] model_name = 'has space': String should match pattern"),
     ("[monitoring]\nlog_predictions = maybe\n", "[monitoring] log_predictions = 'maybe': Input should be a valid boolean"),
+    ("[serving]\nshadow_fraction = 1.5\n", "[serving] shadow_fraction = '1.5': Input should be less than or equal to 1"),
+    ("[serving]\nshadow_fraction = 0.1\n[monitoring]\nlog_predictions = false\n",
+     "settings.ini: [serving] shadow_fraction > 0 needs [monitoring] log_predictions = true"),
 ])
 def test_bad_values_are_rejected_naming_section_key_and_allowed_values(tmp_path, text, expected):
     with pytest.raises(SettingsError) as error:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -17,9 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from mlops_nb.contracts import ModelCard
-from mlops_nb.products import file_sha256
-from mlops_nb.registry import CARD_FILE, CHAMPION, download_version
+from mlops_nb.contracts import SHADOW_FOLDER, ModelCard
+from mlops_nb.registry import CARD_FILE, CHALLENGER, CHAMPION, RegistryError, fetch_version
+from mlops_nb.tracking import connect
 from mlops_nb.settings import Settings, load_settings
 
 __all__ = ["import_version", "deploy", "build_bento", "bentoml_serve", "served", "Server", "free_port", "BUNDLED_FILES",
@@ -31,39 +30,55 @@ FRAMEWORK_SOURCE = Path(__file__).resolve().parents[2]  # the folder holding the
 CARD = CARD_FILE  # the same name in the bento model as in the registered version
 
 
-def import_version(version: str = CHAMPION, settings: Settings | None = None):
-    """Copy a registered version's (by default the champion's) ONNX file, model card and drift reference into the
-    BentoML model store: the newest model there is what the service serves."""
-    import bentoml
+def _bundle(folder: Path, card: ModelCard, dest: Path) -> None:
+    """A fetched version's `BUNDLED_FILES` and its card, into a bento model's folder."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for file, source in BUNDLED_FILES.items():
+        shutil.copy2(folder / source, dest / file)
+    (dest / CARD).write_text(card.model_dump_json(indent=2))
 
-    from mlops_nb.registry import champion
+
+def import_version(version: str = CHAMPION, settings: Settings | None = None, *, shadow: str | None = None):
+    """Copy a registered version's (by default the champion's) ONNX file, model card and drift reference into the
+    BentoML model store: the newest model there is what the service serves. `shadow`: a version to bundle as the
+    shadow challenger (in the model's `SHADOW_FOLDER`); its features, classes and input contract must match."""
+    import bentoml
 
     settings = settings or load_settings()
     name = settings.registry.model_name
-    if version == CHAMPION:
-        found = champion(name, settings)
-        if found is None:
-            raise LookupError(f"registered model {name!r} has no {CHAMPION!r} alias yet: no version passed the gates")
-        version = str(found.version)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = download_version(name, str(version), Path(tmp) / "model", settings)
-        card = ModelCard.model_validate({**json.loads((folder / "extra_files" / CARD).read_text()),
-                                         "model_version": str(version)})
-        if file_sha256(folder / "model.onnx") != card.onnx_sha256:
-            raise ValueError(f"{name} v{version}: registry file differs from the parity-checked ONNX file")
-        with bentoml.models.create(name, labels={"registry_version": str(version)},
-                                   metadata=card.model_dump(mode="json")) as model:
-            for file, source in BUNDLED_FILES.items():
-                shutil.copy2(folder / source, model.path_of(file))
-            Path(model.path_of(CARD)).write_text(card.model_dump_json(indent=2))
+        folder, card = fetch_version(name, version, Path(tmp) / "model", settings)
+        challenger = fetch_version(name, shadow, Path(tmp) / "shadow", settings) if shadow else None
+        if challenger and (differs := [f for f in ("input_contract", "features", "classes")
+                                       if getattr(card, f) != getattr(challenger[1], f)]):
+            raise RegistryError(f"the challenger v{shadow} differs from v{card.model_version} in {', '.join(differs)}:"
+                                " a shadow must answer the same requests with the same labels. Register a "
+                                "compatible challenger, or set [serving] shadow_fraction = 0")
+        labels = {"registry_version": card.model_version, **({"shadow_version": str(shadow)} if shadow else {})}
+        with bentoml.models.create(name, labels=labels, metadata=card.model_dump(mode="json")) as model:
+            _bundle(folder, card, Path(model.path))
+            if challenger:
+                _bundle(*challenger, Path(model.path) / SHADOW_FOLDER)
     return model
 
 
+def shadow_version(served: str, settings: Settings) -> str | None:
+    """The version to bundle as shadow challenger for `served` (a number or `champion`): the registry's challenger
+    when `[serving] shadow_fraction` is above 0 and it is another version; else None."""
+    if not settings.serving.shadow_fraction:
+        return None
+    name = settings.registry.model_name
+    aliases = connect(settings).get_registered_model(name).aliases
+    served = aliases.get(CHAMPION) if served == CHAMPION else str(served)
+    return aliases[CHALLENGER] if aliases.get(CHALLENGER) not in (None, served) else None
+
+
 def deploy(version: str = CHAMPION, settings: Settings | None = None, *, gpu: bool = False):
-    """Build the bento for a registered version (default: the champion): import it, then build; returns both.
-    The DAG's bento task calls this for the champion; after `mlops-nb rollback`, `mlops-nb deploy` serves the
-    previous champion without retraining."""
-    model = import_version(version, settings)
+    """Build the bento for a registered version (default: the champion), with the shadow challenger when one is
+    configured: import, then build; returns both. The DAG's bento task calls this for the champion; after
+    `mlops-nb rollback`, `mlops-nb deploy` serves the previous champion without retraining."""
+    settings = settings or load_settings()
+    model = import_version(version, settings, shadow=shadow_version(version, settings))
     return model, build_bento(settings, gpu=gpu)
 
 

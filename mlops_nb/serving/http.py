@@ -44,7 +44,7 @@ def _numbers_only(body: bytes) -> bool:
 class Endpoint:
     """ASGI app: the project's routes, then BentoML's app (`app`) for everything else.
 
-    `core` (the scoring core), `log` (prediction-log writer), `metrics` and `batcher` are attached by the
+    `core` (the scoring core), `log` (prediction-log writer), `metrics`, `batcher` and `shadow` are attached by the
     BentoML service when its worker starts; until then the project's routes answer 503.
     """
 
@@ -52,7 +52,7 @@ class Endpoint:
         self.app = app
         self.settings = settings
         self.core: ScoringCore | None = None
-        self.log = self.metrics = self.batcher = None
+        self.log = self.metrics = self.batcher = self.shadow = None
         self.api_key: bytes | None = None
         self.openapi = openapi
         self.in_flight = 0
@@ -146,6 +146,8 @@ class Endpoint:
         probabilities = await self.batcher.score(features) if self.batcher else self.core.score(features)
         if self.log:
             self.log.put(self.core.record(rows, probabilities, request_id, started))
+        if self.shadow:
+            self.shadow.offer(features, request_id)
         if self.metrics:
             self.metrics.rows.inc(len(rows))
         return 200, orjson.dumps(self.core.answer(probabilities, request_id), option=ORJSON)
@@ -164,7 +166,9 @@ class Endpoint:
         if refused := self._refuse(scope, "GET"):
             return refused
         body = {**self.core.card.model_dump(mode="json"), "n_features": self.core.card.n_features,
-                "provider": self.core.provider, "batching": self.settings.batching}
+                "provider": self.core.provider, "batching": self.settings.batching,
+                "shadow": {"model_version": self.shadow.core.card.model_version, "fraction": self.shadow.fraction}
+                if self.shadow else None}
         return 200, orjson.dumps(body), []
 
     async def docs(self, scope, receive, request_id: str) -> tuple:

@@ -21,5 +21,7 @@ class ServingMetrics:
         self.log_dropped = prom.Counter(METRICS["log_dropped"], "prediction-log records dropped (requests were "
                                                                 "answered)")
         self.rejected = prom.Counter(METRICS["rejected"], "requests answered 503 by back-pressure")
+        self.shadow = prom.Counter(METRICS["shadow"], "requests offered to the shadow challenger, by outcome "
+                                                      "(scored, dropped: its queue was full, failed)", ["outcome"])
         self.model = prom.Gauge(METRICS["model"], "the model version served and the ONNX Runtime provider in use",
                                 ["model_name", "model_version", "variant", "provider"], multiprocess_mode="liveall")

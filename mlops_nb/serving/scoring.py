@@ -11,7 +11,7 @@ import numpy as np
 
 from mlops_nb.contracts import PREDICTION_LOG_SCHEMA, ModelCard
 
-__all__ = ["RowError", "InvalidInput", "validate_rows", "ScoringCore"]
+__all__ = ["RowError", "InvalidInput", "validate_rows", "row_reasons", "ScoringCore"]
 
 MAX_REASONS = 20  # per-row reasons returned for one request
 
@@ -35,14 +35,36 @@ class InvalidInput(ValueError):
         return "; ".join(f"{e.field}: {e.reason}" for e in self.errors)
 
 
-def _value_reason(value, low: float, high: float) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"must be a number, got {type(value).__name__} {value!r:.40}"
+def _number_reason(value, low: float, high: float) -> str | None:
+    """Why a number breaks the contract (NaN: a missing or non-numeric value), or None; one wording for all routes."""
+    if math.isnan(value):
+        return "missing or not a number"
     if not math.isfinite(value):
         return f"must be a finite number, got {value}"
     if not low <= value <= high:
         return f"{value} is outside the allowed range [{low}, {high}]"
     return None
+
+
+def _value_reason(value, low: float, high: float) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a number, got {type(value).__name__} {value!r:.40}"
+    return _number_reason(value, low, high)
+
+
+def _bad_values(array: np.ndarray, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) indices of every value of a 2-D array outside [low, high], NaN and infinities included, in
+    row-major order."""
+    return np.nonzero(~((array >= low) & (array <= high)))
+
+
+def row_reasons(array: np.ndarray, *, features: list[str], low: float, high: float) -> dict[int, str]:
+    """The first problem of each bad row of a 2-D float64 array (NaN marks a missing or non-numeric value), as
+    {row index: "feature: reason"}; rows not named are valid. Vectorized: batch scoring checks whole chunks."""
+    rows, columns = _bad_values(array, low, high)
+    first = np.unique(rows, return_index=True)[1]  # row-major order: each row's first bad column
+    return {int(i): f"{features[j]}: {_number_reason(float(array[i, j]), low, high)}"
+            for i, j in zip(rows[first], columns[first])}
 
 
 def _row_errors(rows: list, *, n_features: int, low: float, high: float) -> list[RowError]:
@@ -79,9 +101,12 @@ def validate_rows(rows, *, n_features: int, low: float, high: float, max_rows: i
             array = np.array(rows, dtype=np.float64)
         except (ValueError, TypeError):
             array = None
-        if array is not None and array.ndim == 2 and array.shape[1] == n_features and np.isfinite(array).all() \
-                and array.min() >= low and array.max() <= high:
-            return array.astype(np.float32)
+        if array is not None and array.ndim == 2 and array.shape[1] == n_features:
+            if ((array >= low) & (array <= high)).all():  # NaN compares false
+                return array.astype(np.float32)
+            bad = zip(*(indices[:MAX_REASONS] for indices in _bad_values(array, low, high)))
+            raise InvalidInput([RowError(f"instances[{i}][{j}]", _number_reason(float(array[i, j]), low, high),
+                                         int(i)) for i, j in bad])
     if errors := _row_errors(rows, n_features=n_features, low=low, high=high):
         raise InvalidInput(errors)
     return np.asarray(rows, dtype=np.float32)
@@ -117,10 +142,12 @@ class ScoringCore:
                 "model_name": self.card.model_name, "model_version": self.card.model_version,
                 "request_id": request_id}
 
-    def record(self, rows: list, probabilities: np.ndarray, request_id: str, started: float) -> dict:
-        """The prediction-log record of an answered request (serialized later, off the request path)."""
+    def record(self, rows: list, probabilities: np.ndarray, request_id: str, started: float,
+               role: str = "champion") -> dict:
+        """The prediction-log record of an answered (or shadow-scored) request, serialized later off the request
+        path."""
         return {"schema_version": PREDICTION_LOG_SCHEMA, "request_id": request_id, "time": time.time(),
-                "model_name": self.card.model_name, "model_version": self.card.model_version, "role": "champion",
+                "model_name": self.card.model_name, "model_version": self.card.model_version, "role": role,
                 "subject": None, "inputs": rows,
                 "labels": self.classes[probabilities.argmax(axis=1)].tolist(),
                 "confidence": probabilities.max(axis=1), "latency_ms": (time.perf_counter() - started) * 1000}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import bentoml
 
-from mlops_nb.contracts import ModelCard
+from mlops_nb.contracts import CARD_FILE, SHADOW_FOLDER, ModelCard
 from mlops_nb.settings import load_settings
 
 logger = logging.getLogger("bentoml.mlops_nb")
@@ -50,15 +50,37 @@ class ModelService:
 
     def __init__(self) -> None:
         from mlops_nb.serving.openapi import openapi_document
-        from mlops_nb.serving.scoring import ScoringCore
 
-        card = ModelCard.model_validate_json(Path(self.model.path_of("model_card.json")).read_text())
-        self.core = ScoringCore(self.model.path, card, device=SERVING.device, max_rows=SERVING.max_rows_per_request)
-        self.log = None
+        self.core = self._core(Path(self.model.path))
+        self.challenger = self._challenger()
+        self.log = self.shadow = None
+        card = self.core.card
         logger.info("serving %s version %s on %s (batching %s)", card.model_name, card.model_version,
                     self.core.provider, SERVING.batching)
         for endpoint in ENDPOINTS:
             self._attach(endpoint, openapi_document)
+
+    @staticmethod
+    def _core(folder: Path):
+        from mlops_nb.serving.scoring import ScoringCore
+
+        card = ModelCard.model_validate_json((folder / CARD_FILE).read_text())
+        return ScoringCore(folder, card, device=SERVING.device, max_rows=SERVING.max_rows_per_request)
+
+    def _challenger(self):
+        """The bundled shadow challenger's core when `[serving] shadow_fraction` is above 0, else None."""
+        folder = Path(self.model.path) / SHADOW_FOLDER
+        if not SERVING.shadow_fraction:
+            return None
+        if not (folder / CARD_FILE).is_file():
+            logger.warning("[serving] shadow_fraction = %s, but this bento holds no challenger (`mlops-nb deploy` "
+                           "bundles one when the registry's challenger is another version than the served one): "
+                           "serving without a shadow", SERVING.shadow_fraction)
+            return None
+        core = self._core(folder)
+        logger.info("shadow challenger: version %s scores %.0f%% of requests off the request path",
+                    core.card.model_version, SERVING.shadow_fraction * 100)
+        return core
 
     def _attach(self, endpoint, openapi_document) -> None:
         """Give the HTTP front this worker's scoring core, log writer, metrics, batcher and API key."""
@@ -73,6 +95,11 @@ class ModelService:
             self.log = PredictionLogWriter(SETTINGS.path(SETTINGS.monitoring.prediction_log),
                                            on_drop=metrics.log_dropped.inc)
             logger.info("logging predictions to %s", self.log.path)
+        if self.challenger and self.log:
+            from mlops_nb.serving.shadow import Shadow
+
+            self.shadow = Shadow(self.challenger, self.log, SERVING.shadow_fraction,
+                                 on_outcome=lambda outcome: metrics.shadow.labels(outcome).inc())
         if SERVING.api_key_env:
             key = os.environ.get(SERVING.api_key_env)
             if not key:
@@ -84,7 +111,7 @@ class ModelService:
                                        max_latency_ms=SERVING.max_latency_ms)
         endpoint.openapi = openapi_document(card, max_rows=SERVING.max_rows_per_request,
                                             api_key=endpoint.api_key is not None, title=SERVING.service_name)
-        endpoint.log, endpoint.metrics, endpoint.core = self.log, metrics, self.core
+        endpoint.log, endpoint.metrics, endpoint.core, endpoint.shadow = self.log, metrics, self.core, self.shadow
 
     @bentoml.api
     def predict(self, instances: list[list[float]]) -> dict:
@@ -96,5 +123,7 @@ class ModelService:
     @bentoml.on_shutdown
     def close(self) -> None:
         """Flush the prediction log before the worker exits (uvicorn drained in-flight requests first)."""
+        if self.shadow:
+            self.shadow.close()
         if self.log:
             self.log.close()
