@@ -273,8 +273,8 @@ def _reproduce(args) -> int:
     from mlops_nb.reproduce import ReproduceRefused, reproduce
 
     settings = load_settings()
-    print(f"rebuilding {settings.registry.model_name} v{args.version} in a temporary workspace from its commit, "
-          "data snapshot and build settings ...", file=sys.stderr)
+    print(f"reproduce {settings.registry.model_name} v{args.version}: checking what its run recorded, then rebuilding "
+          "in a temporary workspace from its commit, data snapshot and build settings ...", file=sys.stderr)
     try:
         result = reproduce(args.version, settings, keep=args.keep)
     except ReproduceRefused as refused:
