@@ -195,6 +195,7 @@ def _history(args) -> int:
 def _status(args) -> int:
     from mlops_nb.ledger import entries
     from mlops_nb.registry import CHALLENGER, CHAMPION, version_card
+    from mlops_nb.serving.bento import DEPLOYED
     from mlops_nb.tracking import connect
 
     settings = load_settings()
@@ -208,10 +209,10 @@ def _status(args) -> int:
             "model_version", "variant", "test_accuracy", "run_id"}) if version else None
 
     registration = products / "register/registration.json"  # the last build's register task (partial builds too)
-    bento = products / "bento/bento.json"
+    deployed = products / DEPLOYED  # the last deploy, the build's or `mlops-nb deploy`'s
     status = {"model_name": name, "champion": card(CHAMPION), "challenger": card(CHALLENGER),
               "last_build": json.loads(registration.read_text()) if registration.is_file() else None,
-              "serving": json.loads(bento.read_text()) if bento.is_file() else None,
+              "serving": json.loads(deployed.read_text()) if deployed.is_file() else None,
               "last_ledger_entry": ledger[-1].model_dump(mode="json") if ledger else None}
     if args.json:
         print(json.dumps(status, indent=2))
@@ -226,8 +227,9 @@ def _status(args) -> int:
                                                                   f"not promoted: {build['reason']}")
                             if build else "none (run `ploomber build`)"))
     serving = status["serving"]
-    print("serving     " + (f"bento {serving['bento_tag']} with v{serving['model_version']}" if serving and
-                            serving.get("bento_tag") else "no bento built"))
+    print("serving     " + (f"bento {serving['bento_tag']} with v{serving['model_version']}" +
+                            (f", shadow v{serving['shadow_version']}" if serving["shadow_version"] else "") +
+                            f" (deployed {serving['time']})" if serving else "no bento built (`mlops-nb deploy`)"))
     print("ledger      " + (_entry_line(ledger[-1]) if ledger else "empty"))
     return 0
 
@@ -295,6 +297,34 @@ def _reproduce(args) -> int:
         print(f"{'reproduced' if result.matched else 'NOT reproduced'}: {same} of {len(result.checks)} figures "
               f"match, commit {result.commit[:12]}, rebuilt in {result.seconds:.0f} s")
     return 0 if result.matched else 1
+
+
+def _monitor(args) -> int:
+    from mlops_nb.drift import monitor, record_verdict, registry_reference
+    from mlops_nb.monitoring import log_files
+
+    settings = load_settings()
+    m = settings.monitoring
+    files = [f for log in (args.log or [settings.path(m.prediction_log)]) for f in log_files(log)]
+    try:
+        verdict = monitor(files, registry_reference(settings), psi_threshold=m.psi_threshold, ks_alpha=m.ks_alpha,
+                          min_rows=m.min_rows)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"mlops-nb monitor: {error}", file=sys.stderr)
+        return 2
+    written = record_verdict(verdict, settings)
+    if args.json:
+        print(json.dumps({**verdict.to_dict(), **written}, indent=2))
+        return verdict.exit_code
+    w = verdict.window
+    print(f"{verdict.status.upper()}: " + (verdict.reasons[0] if verdict.reasons else ""))
+    for reason in verdict.reasons[1:]:
+        print(f"  {reason}")
+    print(f"window {w['rows']} rows in {w['records']} records, versions {', '.join(w['versions']) or 'none'}, "
+          f"{len(w['files'])} file(s), {w['seconds']:.1f} s" + (f", {w['torn_lines']} torn line(s) skipped"
+                                                                  if w["torn_lines"] else ""))
+    print(f"evidence {written['evidence']}" + (f", flag {written['flag']}" if written["flag"] else ""))
+    return verdict.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -375,6 +405,12 @@ def main(argv: list[str] | None = None) -> int:
     reproduce.add_argument("--keep", action="store_true", help="keep the temporary workspace")
     reproduce.add_argument("--json", action="store_true")
     reproduce.set_defaults(run=_reproduce)
+    monitor = commands.add_parser("monitor", help="data and prediction drift of the prediction log against each "
+                                  "version's reference profile: exit 0 no drift, 1 drift (flag written), 2 cannot judge")
+    monitor.add_argument("--log", action="append", type=Path, help="a prediction log (repeatable; each with its "
+                         "rotated PATH.N siblings, oldest first); default: [monitoring] prediction_log")
+    monitor.add_argument("--json", action="store_true", help="print the verdict and its evidence as JSON")
+    monitor.set_defaults(run=_monitor)
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "passes_args", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -117,6 +117,9 @@ class ServingSettings(_Section):
 class MonitoringSettings(_Section):
     log_predictions: bool = True
     prediction_log: Path = Path("logs/predictions.jsonl")
+    psi_threshold: float = Field(0.2, gt=0)
+    ks_alpha: float = Field(0.01, gt=0, lt=1)
+    min_rows: int = Field(200, ge=10)
 
 
 class Settings(_Section):

@@ -47,6 +47,7 @@ def test_rollback_then_deploy_serves_the_previous_champion(tmp_path):
         ("challenger", "1"), ("champion", "1"), ("challenger", "2"), ("champion", "2"), ("champion", "1")]
     status = json.loads(mlops_nb(root, "status", "--json"))
     assert status["champion"]["model_version"] == "1" and status["challenger"]["model_version"] == "2"
+    assert status["serving"]["model_version"] == "1"  # the bento `mlops-nb deploy` built after the rollback
 
 
 def test_two_clones_in_different_folders_build_byte_identical_artifacts_and_reproduce(tmp_path):
