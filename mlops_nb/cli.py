@@ -406,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     reproduce.add_argument("--json", action="store_true")
     reproduce.set_defaults(run=_reproduce)
     monitor = commands.add_parser("monitor", help="data and prediction drift of the prediction log against each "
-                                  "version's reference profile: exit 0 no drift, 1 drift (flag written), 2 cannot judge")
+                                  "version's reference profile: exit 0 no drift, 1 drift (flag written), 2 cannot "
+                                  "judge")
     monitor.add_argument("--log", action="append", type=Path, help="a prediction log (repeatable; each with its "
                          "rotated PATH.N siblings, oldest first); default: [monitoring] prediction_log")
     monitor.add_argument("--json", action="store_true", help="print the verdict and its evidence as JSON")

@@ -45,8 +45,8 @@ class Reference:
         """From `feature_profile` output (02_validate) as registered in `reference_profile.json`."""
         stats = [profile["features"][name] for name in features]
         shares = profile.get("class_share")
-        return cls(features, np.array([s["edges"] for s in stats], float), np.array([s["counts"] for s in stats], float),
-                   {str(k): float(v) for k, v in shares.items()} if shares else None,
+        edges, counts = (np.array([s[key] for s in stats], float) for key in ("edges", "counts"))
+        return cls(features, edges, counts, {str(k): float(v) for k, v in shares.items()} if shares else None,
                    profile.get("confidence", {}).get("mean"))
 
 
@@ -171,7 +171,7 @@ class _Window:
         self.counts += np.bincount(idx[idx >= 0], minlength=self.counts.size).reshape(self.counts.shape)
 
 
-def _prediction(window: _Window, psi_threshold: float, rows: int) -> tuple[dict, list[str], bool]:
+def _prediction(window: _Window, psi_threshold: float) -> tuple[dict, list[str], bool]:
     """Predicted-class shares and confidence against the reference's when it has them; else reported only."""
     total = sum(window.labels.values()) or 1
     shares = {k: v / total for k, v in sorted(window.labels.items())}
@@ -190,7 +190,7 @@ def _prediction(window: _Window, psi_threshold: float, rows: int) -> tuple[dict,
     if window.ref.confidence_mean is not None and found["confidence_mean"] is not None:
         found["confidence_shift"] = found["confidence_mean"] - window.ref.confidence_mean
     if value > psi_threshold:
-        return found, [f"predicted classes: PSI {value:.2f} > {psi_threshold:g} against the reference class shares"], True
+        return found, [f"predicted classes: PSI {value:.2f} > {psi_threshold:g} against the reference shares"], True
     return found, [], False
 
 
@@ -213,7 +213,7 @@ def _judge(name: str, version: str, window: _Window, *, psi_threshold: float, ks
     features.sort(key=lambda f: (not f.drifted, -f.psi))
     reasons = [f"{f.feature}: PSI {f.psi:.2f} > {psi_threshold:g} and KS p={f.ks_p_holm:.2g} after Holm "
                f"(< {ks_alpha:g})" for f in features if f.drifted]
-    prediction, more, predicted_drift = _prediction(window, psi_threshold, window.rows)
+    prediction, more, predicted_drift = _prediction(window, psi_threshold)
     drifted = bool(reasons) or predicted_drift
     if not window.ref.class_share:
         more.append("predicted classes reported only: the reference profile holds no class shares")
