@@ -1,11 +1,11 @@
-"""Drift monitor: each served version's logged rows against the reference profile registered with that version.
+"""Drift monitor: each served version's logged rows against the reference profile registered with that version."""
 
-The log is streamed; per version only binned counts on the reference's bins, predicted-class counts and a confidence
-histogram are kept, so memory does not grow with the window. A feature drifts when its PSI exceeds `psi_threshold`
-AND its binned two-sample KS p-value, Holm-corrected across features, is below `ks_alpha` (`[monitoring]`). Holm
-controls the chance of any false alarm (what a retrain signal needs) under any dependence between features, which
-neighbouring pixels or correlated columns have; Benjamini-Hochberg would bound a share of false features instead.
-"""
+# The log is streamed; per version only binned counts on the reference's bins, predicted-class counts and a
+# confidence histogram are kept, so memory does not grow with the window. A feature drifts when its PSI exceeds
+# `psi_threshold` AND its binned two-sample KS p-value, Holm-corrected across features, is below `ks_alpha`
+# (`[monitoring]`). Holm controls the chance of any false alarm (what a retrain signal needs) under any dependence
+# between features, which neighbouring pixels or correlated columns have; Benjamini-Hochberg would bound a share of
+# false features instead. (At most 3 docstring lines: nbdev-export lists longer module docstrings in __init__.py.)
 
 from __future__ import annotations
 

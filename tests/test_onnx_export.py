@@ -75,5 +75,5 @@ def test_a_cuda_session_that_fell_back_to_cpu_fails_with_device_cuda_and_warns_w
                                            "CPUExecutionProvider"):
         ort_session(path, "cuda")
     session = ort_session(path, "auto")
-    assert session.asked == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert session.asked == [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]  # fp32 on CUDA
     assert "device = auto: CUDA was offered" in caplog.text and "serving on CPU" in caplog.text
