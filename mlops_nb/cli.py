@@ -15,6 +15,8 @@ from mlops_nb.settings import SettingsError, load_settings
 
 __all__ = ["main"]
 
+DEPLOYED = "deployed.json"  # in products/: what `mlops-nb deploy` built last (a notebook's deploy never writes it)
+
 
 def _lab(args) -> int:
     from mlops_nb.lab import lab_argv, lab_environ
@@ -94,12 +96,18 @@ def _refresh_outputs(args) -> int:
 
 
 def _deploy(args) -> int:
+    import time
+
+    from mlops_nb.products import write_json
     from mlops_nb.serving.bento import deploy
 
-    model, bento = deploy(args.version, gpu=args.gpu)
-    print(json.dumps({"bento_tag": str(bento.tag), "model_tag": str(model.tag),
-                      "model_version": model.info.metadata["model_version"],
-                      "shadow_version": model.info.labels.get("shadow_version"), "gpu": args.gpu}, indent=2))
+    settings = load_settings()
+    model, bento = deploy(args.version, settings, gpu=args.gpu)
+    deployed = {"bento_tag": str(bento.tag), "model_tag": str(model.tag),
+                "model_version": model.info.metadata["model_version"],
+                "shadow_version": model.info.labels.get("shadow_version"), "gpu": args.gpu}
+    write_json(settings.products_dir / DEPLOYED, {**deployed, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    print(json.dumps(deployed, indent=2))
     return 0
 
 
@@ -195,7 +203,6 @@ def _history(args) -> int:
 def _status(args) -> int:
     from mlops_nb.ledger import entries
     from mlops_nb.registry import CHALLENGER, CHAMPION, version_card
-    from mlops_nb.serving.bento import DEPLOYED
     from mlops_nb.tracking import connect
 
     settings = load_settings()
@@ -209,10 +216,12 @@ def _status(args) -> int:
             "model_version", "variant", "test_accuracy", "run_id"}) if version else None
 
     registration = products / "register/registration.json"  # the last build's register task (partial builds too)
-    deployed = products / DEPLOYED  # the last deploy, the build's or `mlops-nb deploy`'s
+    # what was deployed last: the build's bento task, or `mlops-nb deploy` after it
+    deployed = max([p for p in (products / "bento/bento.json", products / DEPLOYED) if p.is_file()],
+                   key=lambda p: p.stat().st_mtime_ns, default=None)
     status = {"model_name": name, "champion": card(CHAMPION), "challenger": card(CHALLENGER),
               "last_build": json.loads(registration.read_text()) if registration.is_file() else None,
-              "serving": json.loads(deployed.read_text()) if deployed.is_file() else None,
+              "serving": json.loads(deployed.read_text()) if deployed else None,
               "last_ledger_entry": ledger[-1].model_dump(mode="json") if ledger else None}
     if args.json:
         print(json.dumps(status, indent=2))
@@ -228,8 +237,9 @@ def _status(args) -> int:
                             if build else "none (run `ploomber build`)"))
     serving = status["serving"]
     print("serving     " + (f"bento {serving['bento_tag']} with v{serving['model_version']}" +
-                            (f", shadow v{serving['shadow_version']}" if serving["shadow_version"] else "") +
-                            f" (deployed {serving['time']})" if serving else "no bento built (`mlops-nb deploy`)"))
+                            (f", shadow v{serving['shadow_version']}" if serving.get("shadow_version") else "") +
+                            (f" (deployed {serving['time']})" if serving.get("time") else " (the build's)")
+                            if serving and serving.get("bento_tag") else "no bento built (`mlops-nb deploy`)"))
     print("ledger      " + (_entry_line(ledger[-1]) if ledger else "empty"))
     return 0
 

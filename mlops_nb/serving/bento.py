@@ -17,7 +17,6 @@ from pathlib import Path
 import yaml
 
 from mlops_nb.contracts import SHADOW_FOLDER, ModelCard
-from mlops_nb.products import write_json
 from mlops_nb.registry import CARD_FILE, CHALLENGER, CHAMPION, RegistryError, fetch_version
 from mlops_nb.tracking import connect
 from mlops_nb.settings import Settings, load_settings
@@ -29,7 +28,6 @@ __all__ = ["import_version", "deploy", "build_bento", "bentoml_serve", "served",
 BUNDLED_FILES = {"model.onnx": "model.onnx", "reference_profile.json": "extra_files/reference_profile.json"}
 FRAMEWORK_SOURCE = Path(__file__).resolve().parents[2]  # the folder holding the mlops_nb package
 CARD = CARD_FILE  # the same name in the bento model as in the registered version
-DEPLOYED = "deployed.json"  # in products/: the last bento `deploy` built (the DAG's, or `mlops-nb deploy`'s)
 
 
 def _bundle(folder: Path, card: ModelCard, dest: Path) -> None:
@@ -81,12 +79,7 @@ def deploy(version: str = CHAMPION, settings: Settings | None = None, *, gpu: bo
     `mlops-nb rollback`, `mlops-nb deploy` serves the previous champion without retraining."""
     settings = settings or load_settings()
     model = import_version(version, settings, shadow=shadow_version(version, settings))
-    bento = build_bento(settings, gpu=gpu)
-    write_json(settings.products_dir / DEPLOYED, {"bento_tag": str(bento.tag), "model_tag": str(model.tag),
-                                                  "model_version": model.info.labels["registry_version"],
-                                                  "shadow_version": model.info.labels.get("shadow_version"),
-                                                  "gpu": gpu, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    return model, bento
+    return model, build_bento(settings, gpu=gpu)
 
 
 GPU_CUDA_IMAGE = "12.8"  # the newest CUDA base image BentoML 1.4 offers; CUDA 13 libraries come as wheels
