@@ -6,12 +6,14 @@ import argparse
 import json
 import os
 import sys
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from mlops_nb.ledger import LedgerError
 from mlops_nb.registry import RegistryError
 from mlops_nb.settings import SettingsError, load_settings
+from mlops_nb.traffic import SHIFTS
 
 __all__ = ["main"]
 
@@ -309,32 +311,90 @@ def _reproduce(args) -> int:
     return 0 if result.matched else 1
 
 
+def _moment(value: str) -> float:
+    """A Unix time from a number of seconds, ISO 8601 (UTC when no zone is given) or a duration back from now (30m,
+    6h, 2d)."""
+    from datetime import datetime, timezone
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value.replace(".", "", 1).isdigit():
+        return float(value)
+    if value[:-1].replace(".", "", 1).isdigit() and value[-1:] in units:
+        return time.time() - float(value[:-1]) * units[value[-1]]
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a Unix time, an ISO 8601 time (2026-11-27T08:00) or a "
+                                         "duration back from now (30m, 6h, 2d)") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
 def _monitor(args) -> int:
-    from mlops_nb.drift import monitor, record_verdict, registry_reference
+    from mlops_nb.drift import check, record_verdict
     from mlops_nb.monitoring import log_files
 
     settings = load_settings()
-    m = settings.monitoring
-    files = [f for log in (args.log or [settings.path(m.prediction_log)]) for f in log_files(log)]
+    files = [f for log in (args.log or [settings.path(settings.monitoring.prediction_log)]) for f in log_files(log)]
+    report = None
     try:
-        verdict = monitor(files, registry_reference(settings), psi_threshold=m.psi_threshold, ks_alpha=m.ks_alpha,
-                          min_rows=m.min_rows)
+        if args.no_report:
+            verdict = check(settings, files, since=args.since, until=args.until)
+        else:
+            from papermill.exceptions import PapermillExecutionError
+
+            from mlops_nb.drift_report import render
+
+            try:
+                verdict, report = render(settings, files, settings.products_dir / "monitor", since=args.since,
+                                         until=args.until)
+            except PapermillExecutionError as error:
+                raise ValueError(f"the report notebook failed: {error.ename}: {error.evalue}") from None
     except (OSError, ValueError, KeyError) as error:
         print(f"mlops-nb monitor: {error}", file=sys.stderr)
         return 2
     written = record_verdict(verdict, settings)
+    if report:
+        from mlops_nb.drift_report import log_report
+
+        written.update(report=str(report.html), report_run=log_report(settings, verdict, report))
     if args.json:
         print(json.dumps({**verdict.to_dict(), **written}, indent=2))
         return verdict.exit_code
     w = verdict.window
-    print(f"{verdict.status.upper()}: " + (verdict.reasons[0] if verdict.reasons else ""))
-    for reason in verdict.reasons[1:]:
+    reasons = verdict.brief()
+    print(f"{verdict.status.upper()}: " + (reasons[0] if reasons else ""))
+    for reason in reasons[1:]:
         print(f"  {reason}")
     print(f"window {w['rows']} rows in {w['records']} records, versions {', '.join(w['versions']) or 'none'}, "
           f"{len(w['files'])} file(s), {w['seconds']:.1f} s" + (f", {w['torn_lines']} torn line(s) skipped"
                                                                   if w["torn_lines"] else ""))
-    print(f"evidence {written['evidence']}" + (f", flag {written['flag']}" if written["flag"] else ""))
+    print(f"evidence {written['evidence']}" + (f", flag {written['flag']}" if written["flag"] else "") +
+          (f", gauge {written['gauge']}" if written["gauge"] else ""))
+    if report:
+        print(f"report {written['report']} (MLflow run {written['report_run']})")
     return verdict.exit_code
+
+
+def _traffic(args) -> int:
+    from mlops_nb.traffic import TrafficError, run
+
+    settings = load_settings()
+    key = os.environ.get(settings.serving.api_key_env) if settings.serving.api_key_env else None
+    try:
+        sent = run(settings, args.url.rstrip("/"), rows=args.rows, shift=args.shift, size=args.size, seed=args.seed,
+                   batch=args.batch, concurrency=args.concurrency, api_key=key)
+    except (TrafficError, ValueError) as error:
+        print(f"mlops-nb traffic: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(sent, indent=2))
+    else:
+        answers = ", ".join(f"{status}: {n}" for status, n in sorted(sent["status"].items(), key=str))
+        shift = sent["shift"] + (f" {sent['size']:g}" if sent["shift"] != "none" else "")
+        print(f"sent {sent['rows']} rows ({shift}) in {sent['requests']} requests to v{sent['model_version']}, "
+              f"{sent['finished'] - sent['started']:.1f} s; answers {answers}")
+        print(f"judge this window: mlops-nb monitor --since {sent['started']:.3f}")
+    return 0 if set(sent["status"]) <= {200} else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -416,12 +476,30 @@ def main(argv: list[str] | None = None) -> int:
     reproduce.add_argument("--json", action="store_true")
     reproduce.set_defaults(run=_reproduce)
     monitor = commands.add_parser("monitor", help="data and prediction drift of the prediction log against each "
-                                  "version's reference profile: exit 0 no drift, 1 drift (flag written), 2 cannot "
-                                  "judge")
+                                  "version's reference profile, with an HTML report logged to MLflow: exit 0 no "
+                                  "drift, 1 drift (flag written), 2 cannot judge")
     monitor.add_argument("--log", action="append", type=Path, help="a prediction log (repeatable; each with its "
                          "rotated PATH.N siblings, oldest first); default: [monitoring] prediction_log")
+    monitor.add_argument("--since", type=_moment, help="only records answered from then: Unix time, ISO 8601 (UTC "
+                         "unless zoned) or a duration back from now (30m, 6h, 2d)")
+    monitor.add_argument("--until", type=_moment, help="only records answered before then (same forms)")
+    monitor.add_argument("--no-report", action="store_true", help="the verdict only: no report notebook, HTML or "
+                         "MLflow run (faster, no kernel)")
     monitor.add_argument("--json", action="store_true", help="print the verdict and its evidence as JSON")
     monitor.set_defaults(run=_monitor)
+    traffic = commands.add_parser("traffic", help="send the build's test rows, resampled and optionally shifted, to a "
+                                  "served API (drift demos and tests): exit 0 all answered 200, 1 some not, 2 refused")
+    traffic.add_argument("--url", required=True, help="the served API, e.g. http://127.0.0.1:3000")
+    traffic.add_argument("--rows", type=int, default=1000)
+    traffic.add_argument("--shift", choices=SHIFTS, default="none", help="offset: every value + size x the "
+                         "feature range; noise: Gaussian, sd size x each feature's spread; class-mix: a share size "
+                         "of the rows from the most common class (clipped to the served range)")
+    traffic.add_argument("--size", type=float, default=0.1)
+    traffic.add_argument("--seed", type=int, default=0)
+    traffic.add_argument("--batch", type=int, default=16, help="rows per request")
+    traffic.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    traffic.add_argument("--json", action="store_true")
+    traffic.set_defaults(run=_traffic)
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "passes_args", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -8,11 +8,12 @@ from typing import Literal, get_origin
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["ModelCard", "PredictionRecord", "PREDICTION_LOG_SCHEMA", "METRICS", "TAG_PREFIX", "CARD_FILE",
-           "SHADOW_FOLDER"]
+           "PROFILE_FILE", "SHADOW_FOLDER"]
 
 PREDICTION_LOG_SCHEMA = 1
 TAG_PREFIX = "mlops_nb."  # every tag the project writes on runs and registered versions
 CARD_FILE = "model_card.json"  # the card beside the ONNX file: in a registered version's files and a bento model
+PROFILE_FILE = "reference_profile.json"  # drift's reference, registered with each version and bundled
 SHADOW_FOLDER = "shadow"  # the bento model's sub-folder holding the shadow challenger (its ONNX file and card)
 
 
@@ -93,4 +94,7 @@ METRICS = {
     "log_dropped": "mlops_nb_prediction_log_dropped_total",
     "rejected": "mlops_nb_overload_rejected_total",
     "shadow": "mlops_nb_shadow_requests_total",
+    # written by `mlops-nb monitor` (products/monitor/drift.prom, for node_exporter's textfile collector)
+    "drift": "mlops_nb_drift",
+    "drift_checked": "mlops_nb_drift_checked_timestamp_seconds",
 }

@@ -10,16 +10,18 @@ from pathlib import Path
 
 import numpy as np
 
-from mlops_nb.contracts import CARD_FILE, TAG_PREFIX, ModelCard
+from mlops_nb.contracts import CARD_FILE, PROFILE_FILE, TAG_PREFIX, ModelCard
 from mlops_nb.ledger import Entry, append, entries
 from mlops_nb.settings import GatesSettings, Settings, load_settings
 from mlops_nb.tracking import connect, resume_run
 
 __all__ = ["GateResult", "RegistryError", "evaluate_gates", "register_onnx", "champion", "champion_card",
            "version_card", "apply_gates", "promote", "rollback", "download_version", "fetch_version", "CHAMPION",
-           "CHALLENGER", "CARD_FILE"]
+           "CHALLENGER", "CARD_FILE", "EXTRA_FILES", "REFERENCE_PROFILE"]
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+EXTRA_FILES = "extra_files"  # where MLflow puts a logged model's extra files, in a fetched version's folder
+REFERENCE_PROFILE = f"{EXTRA_FILES}/{PROFILE_FILE}"
 
 
 @dataclass
@@ -213,7 +215,7 @@ def fetch_version(model_name: str, version: str, dest: Path | str,
     except MlflowException:
         raise RegistryError(f"{model_name} has no version {version}: `mlops-nb history` lists the versions the "
                             "ledger knows") from None
-    card = ModelCard.model_validate({**json.loads((folder / "extra_files" / CARD_FILE).read_text()),
+    card = ModelCard.model_validate({**json.loads((folder / EXTRA_FILES / CARD_FILE).read_text()),
                                      "model_version": str(version)})
     if file_sha256(folder / "model.onnx") != card.onnx_sha256:
         raise RegistryError(f"{model_name} v{version}: registry file differs from the parity-checked ONNX file")

@@ -14,10 +14,15 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+import orjson
 import pytest
 
 from mlops_nb.pipeline import TELEMETRY_OFF
 
+# as root, headless, on a machine with no outside network (see shared/STACK-NOTES.md)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("notebooks", "mlops_nb", "pipeline.yaml", "dag.yaml", "settings.ini", "bentofile.yaml",
                  "pyproject.toml", ".jupyter")
@@ -103,6 +108,15 @@ def pytest_collection_modifyitems(items):
     elsewhere rebuild the project and move the champion, which would leave it serving an older version."""
     items.sort(key=lambda item: "server" in getattr(item, "fixturenames", ()))
 
+
+def chromium() -> str:
+    """Debian's Chromium for Playwright's `executable_path`; a failure under CI=true, else a skip with the reason."""
+    path = shutil.which("chromium")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("Debian's chromium is not installed (`apt-get install -y chromium`)")
+        pytest.skip("Debian's chromium is not installed (`apt-get install -y chromium`)")
+    return path
 
 @contextmanager
 def jupyter_lab(root: Path, log: Path, *, user_settings: dict | None = None, timeout_s: float = 120,
@@ -201,3 +215,35 @@ def register(settings, onnx_path, accuracy):
                             extra={"reference_profile.json": {"range": [0, 1]}}, settings=settings)
     result = apply_gates(card, version.version, settings.gates, settings)
     return version.version, result
+
+
+def prediction_log(path, x, answers, *, name, version, start=0, torn=False, shadow=True):
+    """A prediction log in the PredictionRecord shape, one row per record (plus an empty-input shadow record);
+    `answers`: the served model's (label, confidence) per row (digits: the class index is the label)."""
+    with open(path, "wb") as f:
+        for i, (row, (label, confidence)) in enumerate(zip(x, answers)):
+            base = {"schema_version": 1, "request_id": f"r{start + i}", "time": 1.7e9 + start + i,
+                    "model_name": name, "model_version": version, "subject": None, "labels": [int(label)],
+                    "confidence": [float(confidence)], "latency_ms": 1.0}
+            f.write(orjson.dumps({**base, "role": "champion", "inputs": [row.tolist()]}) + b"\n")
+            if shadow and i % 10 == 0:
+                f.write(orjson.dumps({**base, "role": "shadow", "model_version": "99", "inputs": []}) + b"\n")
+        if torn:
+            f.write(b'{"schema_version": 1, "request_id": "torn", "inputs": [[0.0, 1')
+    return path
+
+
+def served_session(root: Path):
+    """An ONNX Runtime session on the build's served variant (the registered file)."""
+    from mlops_nb.onnx_export import ort_session
+    from mlops_nb.products import read_json
+
+    return ort_session(read_json(root / "products" / "export" / "export.json")["served_path"])
+
+
+def served_answers(session, x):
+    """The served variant's (label index, confidence) for each row, as the served API logs them."""
+    from mlops_nb.onnx_export import onnx_predict
+
+    probabilities = onnx_predict(session, x)
+    return np.column_stack([probabilities.argmax(axis=1), probabilities.max(axis=1)])

@@ -4,33 +4,20 @@ the registry as they were. Screenshots go to $TEST_ARTIFACTS/jupyterlab (default
 
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, git_status, jupyter_lab, server_errors, tree_digest
+from conftest import CHROMIUM_ARGS, REPO, chromium, git_status, jupyter_lab, server_errors, tree_digest
 
 pytestmark = pytest.mark.engines
 
 NOTEBOOKS = sorted(p.name for p in (REPO / "notebooks").glob("*.ipynb"))
-# as root, headless, on a machine with no outside network (see shared/STACK-NOTES.md)
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 RUN_TIMEOUT_S = 600
 # the test's own JupyterLab user settings: every cell drawn (JupyterLab 4 draws only the cells in view, so
 # prompts and outputs off screen could not be checked), and no fetch of Jupyter's news from the internet
 USER_SETTINGS = {"@jupyterlab/notebook-extension:tracker": {"windowingMode": "none"},
                  "@jupyterlab/apputils-extension:notification": {"fetchNews": "false"}}
-
-
-def chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("Debian's chromium is not installed (`apt-get install -y chromium`)")
-        pytest.skip("Debian's chromium is not installed (`apt-get install -y chromium`)")
-    return path
 
 
 STDERR = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"

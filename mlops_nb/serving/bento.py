@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from mlops_nb.contracts import SHADOW_FOLDER, ModelCard
-from mlops_nb.registry import CARD_FILE, CHALLENGER, CHAMPION, RegistryError, fetch_version
+from mlops_nb.contracts import PROFILE_FILE, SHADOW_FOLDER, ModelCard
+from mlops_nb.registry import CARD_FILE, CHALLENGER, CHAMPION, REFERENCE_PROFILE, RegistryError, fetch_version
 from mlops_nb.tracking import connect
 from mlops_nb.settings import Settings, load_settings
 
@@ -25,7 +25,7 @@ __all__ = ["import_version", "deploy", "build_bento", "bentoml_serve", "served",
            "CARD"]
 
 # file in the bento model <- file in the MLflow model folder
-BUNDLED_FILES = {"model.onnx": "model.onnx", "reference_profile.json": "extra_files/reference_profile.json"}
+BUNDLED_FILES = {"model.onnx": "model.onnx", PROFILE_FILE: REFERENCE_PROFILE}
 FRAMEWORK_SOURCE = Path(__file__).resolve().parents[2]  # the folder holding the mlops_nb package
 CARD = CARD_FILE  # the same name in the bento model as in the registered version
 
