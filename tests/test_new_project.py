@@ -1,4 +1,5 @@
-"""`mlops-nb new` on data that is not digits: the new project's README commands pass as printed, and it serves."""
+"""`mlops-nb new` on data that is not digits: the new project's README commands pass as printed, it serves, and
+shifted traffic to it is flagged by the monitor with its report."""
 
 import json
 import shlex
@@ -61,6 +62,8 @@ def test_a_new_project_on_other_data_builds_tests_and_serves(tmp_path, make_data
     card = read_json(root / "products/register/registration.json")["card"]
     assert card["classes"] == sorted(frame[target].dropna().unique().tolist())
     rows = frame.dropna().drop(columns=target).head(8)
+    log = tmp_path / "predictions.jsonl"
+    env["MLOPS_NB_MONITORING_PREDICTION_LOG"] = str(log)
     with served("", cwd=root, env=env, log=tmp_path / "serve.log") as url:
         answer = httpx.post(f"{url}/predict", json={"instances": rows.to_numpy().tolist()}, timeout=30)
         assert answer.status_code == 200, answer.text
@@ -69,3 +72,17 @@ def test_a_new_project_on_other_data_builds_tests_and_serves(tmp_path, make_data
         missing = httpx.post(f"{url}/predict", content=json.dumps({"instances": [[None] * len(card["features"])]}),
                              headers={"content-type": "application/json"}, timeout=30)
         assert missing.status_code == 400 and "instances[0][0]" in missing.text
+        shifted = subprocess.run([str(BIN / "mlops-nb"), "traffic", "--url", url, "--rows", "400", "--shift", "offset",
+                                  "--size", "0.2", "--json"], cwd=root, env=env, capture_output=True, text=True,
+                                 timeout=300)
+        assert shifted.returncode == 0, shifted.stderr
+    # monitored against the reference registered with the version, with its own labels (wine's are strings)
+    since = str(json.loads(shifted.stdout)["started"])
+    monitor = subprocess.run([str(BIN / "mlops-nb"), "monitor", "--since", since, "--json"], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert monitor.returncode == 1, monitor.stdout[-2000:] + monitor.stderr[-2000:]
+    verdict = json.loads(monitor.stdout)
+    classes = verdict["versions"][0]["prediction"][0]
+    assert verdict["status"] == "drift" and verdict["window"]["rows"] == 400 and verdict["flag"]
+    assert classes["name"] == "predicted classes" and set(classes["bins"]) <= {str(c) for c in card["classes"]}
+    assert "DRIFT" in (root / "products" / "monitor" / "report.html").read_text()
