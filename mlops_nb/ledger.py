@@ -18,13 +18,13 @@ from datetime import datetime, timezone
 from pydantic import BaseModel, ConfigDict
 
 from mlops_nb.contracts import TAG_PREFIX
-from mlops_nb.settings import Settings
+from mlops_nb.settings import Settings, load_settings
 from mlops_nb.tracking import connect
 
 __all__ = ["Entry", "LedgerError", "append", "entries", "verify", "current", "actor", "ACTOR_ENV", "ledger_name"]
 
 ACTOR_ENV = "LEDGER_ACTOR"  # who moves an alias: this variable, else the OS user
-SOURCE = "mlops-nb:ledger"  # what the entry versions point at: they hold no model
+LEDGER_RUN_TAG = TAG_PREFIX + "ledger_run"  # on the ledger's registered model: the run its entries point at
 ATTEMPTS = 50
 
 
@@ -100,6 +100,7 @@ def append(model_name: str, *, alias: str, to_version: str | None, reason: str, 
     writer have appended meanwhile). Returns the entry."""
     from mlflow.exceptions import MlflowException
 
+    settings = settings or load_settings()
     client = connect(settings)
     name = ledger_name(model_name)
     try:
@@ -107,6 +108,7 @@ def append(model_name: str, *, alias: str, to_version: str | None, reason: str, 
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
+    run_id = _ledger_run(client, name, settings)
     for _ in range(ATTEMPTS):
         versions = _versions(client, name)
         if any(TAG_PREFIX + "entry" not in v.tags for v in versions):
@@ -120,7 +122,8 @@ def append(model_name: str, *, alias: str, to_version: str | None, reason: str, 
                       to_version=to_version, reason=reason, gates=gates, forced=forced,
                       prev_sha256=previous.sha256 if previous else GENESIS)
         entry = entry.model_copy(update={"sha256": entry.digest()})
-        created = client.create_model_version(name, source=SOURCE, tags={TAG_PREFIX + "entry": entry.model_dump_json()},
+        created = client.create_model_version(name, source=f"runs:/{run_id}/ledger", run_id=run_id,
+                                              tags={TAG_PREFIX + "entry": entry.model_dump_json()},
                                               description=f"{alias}: {entry.from_version} -> {to_version}: {reason}")
         before_mine = [v.version for v in _versions(client, name) if int(v.version) < int(created.version)]
         if (before_mine[-1] if before_mine else None) != (versions[-1].version if versions else None):
@@ -130,6 +133,18 @@ def append(model_name: str, *, alias: str, to_version: str | None, reason: str, 
         _follow(client, model_name, alias, settings)
         return entry
     raise LedgerError(f"could not append to the ledger of {model_name} after {ATTEMPTS} attempts: too many writers")
+
+
+def _ledger_run(client, name: str, settings: Settings) -> str:
+    """The run the ledger's entries point at: a tracking server accepts a model version only with a source inside
+    a run (entries hold no model). Made once; two first writers may each make one, and either serves."""
+    run_id = client.get_registered_model(name).tags.get(LEDGER_RUN_TAG)
+    if run_id is None:
+        experiment = client.get_experiment_by_name(settings.tracking.experiment).experiment_id
+        run_id = client.create_run(experiment, run_name=name, tags={TAG_PREFIX + "task": "ledger"}).info.run_id
+        client.set_terminated(run_id)
+        client.set_registered_model_tag(name, LEDGER_RUN_TAG, run_id)
+    return run_id
 
 
 def _follow(client, model_name: str, alias: str, settings: Settings | None) -> None:

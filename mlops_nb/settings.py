@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 __all__ = ["Settings", "SettingsError", "load_settings", "find_project_root", "ENV_PREFIX"]
 
 ENV_PREFIX = "MLOPS_NB_"
 SETTINGS_FILE = "settings.ini"
+SECRET = "secret_in_value"  # an error whose input is never echoed
 
 
 class SettingsError(ValueError):
@@ -73,6 +75,26 @@ class TrackingSettings(_Section):
     uri: str = "sqlite:///mlruns.db"
     artifact_root: Path = Path("mlartifacts")
     experiment: str = Field("digits", min_length=1)
+
+    @field_validator("uri")
+    @classmethod
+    def _a_store_without_secrets(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("sqlite", "http", "https") or not (parts.path if parts.scheme == "sqlite"
+                                                                     else parts.hostname):
+            raise ValueError(f"{value!r}: expected sqlite:///PATH (a local store) or http(s)://HOST[:PORT] (an "
+                             "`mlflow server`)")
+        if parts.username or parts.password:
+            raise PydanticCustomError(SECRET, "no credentials in the URI: MLflow reads them from "
+                                      "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+        return value
+
+    @property
+    def remote(self) -> bool:
+        """A tracking server: it stores the artifacts (`mlflow server --serve-artifacts`), not `artifact_root`."""
+        return not self.uri.startswith("sqlite:")
 
 
 class RegistrySettings(_Section):
@@ -214,7 +236,8 @@ def _explain(error: ValidationError, source: Path) -> str:
             known = sorted(section.annotation.model_fields) if len(loc) > 1 and section else \
                 sorted(set(Settings.model_fields) - {"root"})
             msg = f"unknown key; allowed keys: {', '.join(known)}"
-        given = f" = {e['input']!r}" if e["type"] != "extra_forbidden" and not isinstance(e["input"], dict) else ""
+        given = f" = {e['input']!r}" if e["type"] not in ("extra_forbidden", SECRET) and not isinstance(e["input"], dict) \
+            else ""
         lines.append(f"{source}: {where}{given}: {msg}" if where else f"{source}: {msg}")
     return "invalid settings:\n  " + "\n  ".join(lines)
 

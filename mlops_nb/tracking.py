@@ -33,8 +33,13 @@ def connect(settings: Settings | None = None):
     client = mlflow.MlflowClient()
     name = settings.tracking.experiment
     if client.get_experiment_by_name(name) is None:
-        location = settings.path(settings.tracking.artifact_root) / name
-        client.create_experiment(name, artifact_location=location.as_uri())
+        location = None if settings.tracking.remote else (settings.path(settings.tracking.artifact_root) /
+                                                          name).as_uri()
+        try:
+            client.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException as error:  # another build created it first
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
     mlflow.set_experiment(name)
     return client
 

@@ -126,8 +126,6 @@ def jupyter_lab(root: Path, log: Path, *, user_settings: dict | None = None, tim
 
     The server gets its own runtime folder and JupyterLab user-settings folder (`user_settings`: plugin id ->
     settings), never root's."""
-    import httpx
-
     from mlops_nb.serving.bento import free_port
 
     port, token = free_port(), secrets.token_hex(16)
@@ -140,25 +138,35 @@ def jupyter_lab(root: Path, log: Path, *, user_settings: dict | None = None, tim
         (settings_dir / package / f"{name}.jupyterlab-settings").write_text(json.dumps(values))
     env = {**project_env(root), "JUPYTER_RUNTIME_DIR": str(log.parent / "runtime"),
            "JUPYTERLAB_SETTINGS_DIR": str(settings_dir)}
+    url = f"http://127.0.0.1:{port}"
+    with running(command, cwd=root, env=env, log=log, ready=f"{url}/api/status?token={token}", timeout_s=timeout_s):
+        yield url, token
+
+
+@contextmanager
+def running(command: list[str], *, cwd: Path, env: dict, log: Path, ready: str, timeout_s: float = 120):
+    """Run `command` as the leader of its own process group, output to `log`, until GET `ready` answers 200;
+    stop the group at the end."""
+    import httpx
+
     with open(log, "w") as out:
-        process = subprocess.Popen(command, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                assert process.poll() is None, f"`mlops-nb lab` exited:\n{log.read_text()[-3000:]}"
-                try:
-                    if httpx.get(f"{url}/api/status", params={"token": token}, timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, f"JupyterLab not ready after {timeout_s}s"
-                time.sleep(0.5)
-            yield url, token
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=60)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert process.poll() is None, f"`{' '.join(command)}` exited:\n{log.read_text()[-3000:]}"
+            try:
+                if httpx.get(ready, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"{ready} not ready after {timeout_s}s"
+            time.sleep(0.5)
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
 
 
 def server_errors(log: Path) -> list[str]:

@@ -77,3 +77,15 @@ def test_the_api_key_setting_names_a_variable_never_a_settings_one(tmp_path):
         == "SERVING_API_KEY"
     with pytest.raises(SettingsError, match="does not start with MLOPS_NB_"):
         load_settings(write(tmp_path, "[serving]\napi_key_env = MLOPS_NB_KEY\n"), environ={})
+
+
+def test_the_tracking_uri_is_a_local_store_or_a_server_and_never_holds_credentials(tmp_path):
+    root = write(tmp_path, "")
+    remote = load_settings(root, environ={"MLOPS_NB_TRACKING_URI": "http://127.0.0.1:5000"})
+    assert remote.tracking.remote and remote.tracking_uri == "http://127.0.0.1:5000"
+    assert not load_settings(root, environ={}).tracking.remote
+    with pytest.raises(SettingsError) as error:
+        load_settings(root, environ={"MLOPS_NB_TRACKING_URI": "https://ci:hunter2@mlflow.example.com"})
+    assert "MLFLOW_TRACKING_USERNAME" in str(error.value) and "hunter2" not in str(error.value)
+    with pytest.raises(SettingsError, match="expected sqlite:///PATH"):
+        load_settings(root, environ={"MLOPS_NB_TRACKING_URI": "mlruns"})
