@@ -98,8 +98,6 @@ def _refresh_outputs(args) -> int:
 
 
 def _deploy(args) -> int:
-    import time
-
     from mlops_nb.products import write_json
     from mlops_nb.serving.bento import deploy
 

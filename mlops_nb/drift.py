@@ -196,7 +196,6 @@ class _Window:
         self.inner = reference.edges[:, 1:-1]  # interior edges: np.histogram's bins, out-of-range to the end bins
         self.bins = reference.counts.shape[1]
         self.counts = np.zeros_like(reference.counts)
-        self.missing = np.zeros(len(reference.features), np.int64)
         self.labels: Counter = Counter()
         self.confidence_edges = (reference.confidence_edges if reference.confidence_edges is not None
                                  else np.linspace(0, 1, 21))
@@ -237,7 +236,6 @@ class _Window:
                              "features")
         self.rows += len(x)
         nan = np.isnan(x)
-        self.missing += nan.sum(axis=0)
         idx = (x[:, :, None] >= self.inner[None]).sum(axis=2)
         idx = np.where(nan, -1, idx + np.arange(x.shape[1]) * self.bins).ravel()
         self.counts += np.bincount(idx[idx >= 0], minlength=self.counts.size).reshape(self.counts.shape)

@@ -50,6 +50,13 @@ def _shares(counts: list[float]) -> np.ndarray:
     return counts / max(counts.sum(), 1)
 
 
+def _stairs(ax, check: Check) -> None:
+    """The reference's share per bin (grey, filled) and the window's (outlined, red when the check drifted)."""
+    ax.stairs(_shares(check.reference), check.bins, fill=True, alpha=0.35, color="#475467", label="reference")
+    ax.stairs(_shares(check.window), check.bins, linewidth=2, label="window",
+              color=COLOURS["drift" if check.drifted else "no drift"])
+
+
 def _label(check: Check) -> str:
     return f"{check.name}\nPSI {check.psi:.2f}, p {check.p_holm:.1g}" + (" DRIFT" if check.drifted else "")
 
@@ -63,9 +70,7 @@ def plot_features(version: VersionDrift, top: int = 6):
     fig, axes = plt.subplots((len(checks) + columns - 1) // columns, columns, figsize=(4 * columns, 3 *
                              ((len(checks) + columns - 1) // columns)), squeeze=False)
     for ax, check in zip(axes.flat, checks):
-        ax.stairs(_shares(check.reference), check.bins, fill=True, alpha=0.35, color="#475467", label="reference")
-        ax.stairs(_shares(check.window), check.bins, linewidth=2, color=COLOURS["drift" if check.drifted else
-                                                                                "no drift"], label="window")
+        _stairs(ax, check)
         ax.set_title(_label(check), fontsize=10)
         ax.set_ylabel("share of rows")
         ax.set_xlabel("value (outside the reference's range: in its end bins)", fontsize=8)
@@ -134,9 +139,7 @@ def plot_predictions(version: VersionDrift):
             ax.set_xticks(x, check.bins)
             ax.set_xlabel("predicted class")
         elif check.name == CONFIDENCE:
-            ax.stairs(_shares(check.reference), check.bins, fill=True, alpha=0.35, color="#475467", label="reference")
-            ax.stairs(_shares(check.window), check.bins, linewidth=2, label="window",
-                      color=COLOURS["drift" if check.drifted else "no drift"])
+            _stairs(ax, check)
             ax.set_yscale("log")
             ax.set_xlabel("confidence (top probability)")
         ax.set_ylabel("share")
