@@ -11,6 +11,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from mlops_nb.ledger import LedgerError
+from mlops_nb.orchestrators import OrchestratorError
 from mlops_nb.registry import RegistryError
 from mlops_nb.settings import SettingsError, load_settings
 from mlops_nb.traffic import SHIFTS
@@ -395,6 +396,24 @@ def _traffic(args) -> int:
     return 0 if set(sent["status"]) <= {200} else 1
 
 
+def _export(args) -> int:
+    from mlops_nb.orchestrators import export
+
+    files, warnings = export(load_settings(), args.engine, args.outdir, args.runner)
+    for warning in warnings:
+        print(f"mlops-nb export: warning: {warning}", file=sys.stderr)
+    print("\n".join(map(str, files)))
+    return 0
+
+
+def _run_task(args) -> int:
+    from mlops_nb.orchestrators import run_task
+
+    products = run_task(load_settings(), args.name, args.params_sha256)
+    print(f"task {args.name} built; products in {products}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlops-nb", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -498,13 +517,27 @@ def main(argv: list[str] | None = None) -> int:
     traffic.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     traffic.add_argument("--json", action="store_true")
     traffic.set_defaults(run=_traffic)
+    export = commands.add_parser("export", help="write the DAG for an orchestrator: an Airflow 3 DAG file or a "
+                                 "Kubeflow Pipelines 2 pipeline (and the pipeline image's Dockerfile); every task runs "
+                                 "`mlops-nb run-task NAME`")
+    export.add_argument("engine", choices=["airflow", "kfp"])
+    export.add_argument("outdir", type=Path)
+    export.add_argument("--runner", choices=["kubernetes", "local"], default="kubernetes",
+                        help="kubernetes: each task a pod of [orchestrator] image (default); local: a process in this "
+                             "virtual environment, for the engine's local runner")
+    export.set_defaults(run=_export)
+    run_task = commands.add_parser("run-task", help="build one task of the DAG as `ploomber build` would (forced), "
+                                   "products on [orchestrator] storage: what each exported task runs")
+    run_task.add_argument("name")
+    run_task.add_argument("--params-sha256", help="refuse to run unless the task is the one exported (its hash)")
+    run_task.set_defaults(run=_run_task)
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "passes_args", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     try:
         return args.run(args)
-    except (SettingsError, RegistryError, LedgerError) as e:
+    except (SettingsError, RegistryError, LedgerError, OrchestratorError) as e:
         print(f"mlops-nb: {e}", file=sys.stderr)
         return 2
 

@@ -71,6 +71,12 @@ class PathsSettings(_Section):
     scratch: Path = Path("scratch")
 
 
+def _refuse_credentials(parts, where_they_go: str) -> None:
+    """A URI holding a user or password is refused, with an error that never echoes it."""
+    if parts.username or parts.password:
+        raise PydanticCustomError(SECRET, f"no credentials in the URI: {where_they_go}")
+
+
 class TrackingSettings(_Section):
     uri: str = "sqlite:///mlruns.db"
     artifact_root: Path = Path("mlartifacts")
@@ -86,9 +92,8 @@ class TrackingSettings(_Section):
                                                                      else parts.hostname):
             raise ValueError(f"{value!r}: expected sqlite:///PATH (a local store) or http(s)://HOST[:PORT] (an "
                              "`mlflow server`)")
-        if parts.username or parts.password:
-            raise PydanticCustomError(SECRET, "no credentials in the URI: MLflow reads them from "
-                                      "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+        _refuse_credentials(parts, "MLflow reads them from MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
+                            "MLFLOW_TRACKING_TOKEN)")
         return value
 
     @property
@@ -144,6 +149,31 @@ class MonitoringSettings(_Section):
     min_rows: int = Field(200, ge=10)
 
 
+class OrchestratorSettings(_Section):
+    image: str = Field("mlops-nb-pipeline:latest", pattern=r"^[a-z0-9][a-z0-9._/:@-]*$")
+    storage: str = ""
+    volume_claim: str = Field("", pattern=r"^([a-z0-9][a-z0-9.-]*)?$")
+    secret: str = Field("", pattern=r"^([a-z0-9][a-z0-9.-]*)?$")
+
+    @field_validator("storage")
+    @classmethod
+    def _a_path_or_an_object_store(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if value and len(parts.scheme) < 2 and not Path(value).is_absolute():
+            raise ValueError(f"{value!r}: expected an absolute path every task mounts, or an fsspec URI "
+                             "(s3://bucket/prefix, gs://..., file:///...)")
+        _refuse_credentials(parts, "the object store's client reads them from environment variables (e.g. "
+                            "AWS_ACCESS_KEY_ID; see [orchestrator] secret)")
+        return value
+
+    @property
+    def remote(self) -> bool:
+        """Products in an object store (copied in and out by each task), not on a mounted path."""
+        return "://" in self.storage
+
+
 class Settings(_Section):
     """All project settings; `root` is the folder holding settings.ini, and relative paths resolve against it."""
 
@@ -158,6 +188,7 @@ class Settings(_Section):
     export: ExportSettings = ExportSettings()
     serving: ServingSettings = ServingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    orchestrator: OrchestratorSettings = OrchestratorSettings()
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -118,6 +118,18 @@ def chromium() -> str:
         pytest.skip("Debian's chromium is not installed (`apt-get install -y chromium`)")
     return path
 
+
+def engine_python(name: str) -> Path:
+    """The Python of a test-only engine's own virtual environment (`$ENGINES_CACHE/NAME`, made by .ci/run): a failure
+    under CI=true when it is missing, else a skip with the reason."""
+    venv = Path(os.environ.get("ENGINES_CACHE", Path.home() / ".cache/mlops-nb-engines")) / name
+    if not (venv / ".installed").exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{venv} is missing: .ci/run makes it")
+        pytest.skip(f"{venv} is missing: see .ci/run for how to make it")
+    return venv / "bin/python"
+
+
 @contextmanager
 def jupyter_lab(root: Path, log: Path, *, user_settings: dict | None = None, timeout_s: float = 120,
                 plain: bool = False):

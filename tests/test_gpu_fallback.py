@@ -5,10 +5,9 @@ session silently runs on CPU, and mlops-nb must notice. The runtime lives in its
 
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, engine_python
 
 from mlops_nb.onnx_export import export_onnx
 from mlops_nb.research.model import MLP, Standardizer
@@ -25,20 +24,11 @@ print("answer:", session.run(None, {"features": np.zeros((1, 4), np.float32)})[0
 """
 
 
-def gpu_python() -> Path:
-    python = Path(os.environ.get("ENGINES_CACHE", Path.home() / ".cache/mlops-nb-engines")) / "gpu-runtime/bin/python"
-    if not python.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{python} is missing: .ci/run makes it (onnxruntime-gpu without the CUDA wheels)")
-        pytest.skip(f"{python} is missing: see .ci/run for how to make it")
-    return python
-
-
 @pytest.mark.parametrize("device", ["cuda", "auto"])
 def test_a_cuda_session_that_falls_back_to_cpu_fails_for_cuda_and_warns_for_auto(tmp_path, device):
     model = export_onnx(MLP(4, 3, (8,), 0.0).eval(), Standardizer([0.0] * 4, [1.0] * 4, [0.0] * 4), tmp_path / "m.onnx")
-    result = subprocess.run([str(gpu_python()), "-c", SCRIPT, str(model), device], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    result = subprocess.run([str(engine_python("gpu-runtime")), "-c", SCRIPT, str(model), device], capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
     assert "'CUDAExecutionProvider'" in result.stdout, result.stdout + result.stderr
     if device == "cuda":
         assert result.returncode != 0

@@ -240,3 +240,30 @@ def test_the_gpu_bento_variant_builds_with_the_cuda_runtime_and_device_cuda(buil
     assert not [p for p in config["python"]["packages"] if p.startswith("onnxruntime==")]
     assert config["docker"]["cuda_version"] == "12.8.1"
     assert {e["name"]: e["value"] for e in config["envs"]}["MLOPS_NB_SERVING_DEVICE"] == "cuda"
+
+
+def bento_folder(root: Path, tag: str) -> Path:
+    return root / ".bentoml/bentos" / tag.replace(":", "/")
+
+
+@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+def test_the_container_images_dockerfiles(built_project, variant):
+    """What `bentoml containerize` would build (Docker is not on this machine): the base image, the ONNX runtime
+    and no torch, a non-root user, a health check on /readyz."""
+    tag = bento_tag(built_project)
+    if variant == "gpu":
+        out = subprocess.run([str(BIN / "mlops-nb"), "deploy", "--gpu"], cwd=built_project, capture_output=True,
+                             text=True, env=project_env(built_project), timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        tag = json.loads(out.stdout)["bento_tag"]
+    folder = bento_folder(built_project, tag)
+    dockerfile = (folder / "env/docker/Dockerfile").read_text()
+    requirements = (folder / "env/python/requirements.txt").read_text().splitlines()
+    base = "FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu" if variant == "gpu" else "FROM python:3.11-slim"
+    assert [line for line in dockerfile.splitlines() if line.startswith("FROM ")][0].startswith(base), dockerfile
+    runtime = "onnxruntime-gpu[cuda,cudnn]==1.31.1" if variant == "gpu" else "onnxruntime==1.32.0"
+    assert runtime in requirements and not [r for r in requirements if r.split("=")[0].strip() == "torch"]
+    user = [line for line in dockerfile.splitlines() if line.startswith("USER ")]
+    assert user and user[-1] == "USER bentoml", user
+    healthcheck = [line for line in dockerfile.splitlines() if line.startswith("HEALTHCHECK ")]
+    assert len(healthcheck) == 1 and "/readyz" in dockerfile.split("HEALTHCHECK ", 1)[1], dockerfile[-800:]

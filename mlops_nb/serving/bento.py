@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import chdir, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,11 +94,12 @@ def gpu_runtime() -> str:
 
 
 def bento_sources(root: Path) -> dict[str, Path]:
-    """bentofile.yaml and the files its `include` patterns pick, by their name in the bento: from the project, else
-    from the framework's source (a project that `mlops-nb new` made has no mlops_nb/ folder of its own)."""
+    """bentofile.yaml and the files its `include` patterns and its Dockerfile template pick, by their name in the
+    bento: from the project, else from the framework's source (a project that `mlops-nb new` made has no mlops_nb/
+    folder of its own)."""
     config = yaml.safe_load((root / "bentofile.yaml").read_text())
     found = {"bentofile.yaml": root / "bentofile.yaml"}
-    for pattern in config.get("include", []):
+    for pattern in filter(None, [*config.get("include", []), config.get("docker", {}).get("dockerfile_template")]):
         for base in (root, FRAMEWORK_SOURCE):
             matches = [m for m in sorted(base.glob(pattern.lstrip("/"))) if m.is_file()]
             if matches:
@@ -123,7 +124,7 @@ def build_bento(settings: Settings | None = None, *, gpu: bool = False):
         packages = config["python"]["packages"]
         packages[:] = [gpu_runtime() if p.startswith("onnxruntime==") else p for p in packages]
         config["labels"] = {**config.get("labels", {}), "runtime": "cuda"}
-        config["docker"] = {"distro": "debian", "cuda_version": GPU_CUDA_IMAGE}
+        config["docker"] = {**config.get("docker", {}), "distro": "debian", "cuda_version": GPU_CUDA_IMAGE}
         config["envs"] = [*config.get("envs", []), {"name": "MLOPS_NB_SERVING_DEVICE", "value": "cuda"},
                           {"name": "MLOPS_NB_SERVING_GPUS", "value": str(max(settings.serving.gpus, 1))}]
     with tempfile.TemporaryDirectory() as context:
@@ -131,7 +132,8 @@ def build_bento(settings: Settings | None = None, *, gpu: bool = False):
             (Path(context) / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, Path(context) / name)
         (Path(context) / "bentofile.yaml").write_text(yaml.safe_dump(config))
-        return bentoml.bentos.build_bentofile(str(Path(context) / "bentofile.yaml"), build_ctx=context)
+        with chdir(context):  # BentoML reads the Dockerfile template relative to the working directory
+            return bentoml.bentos.build_bentofile(str(Path(context) / "bentofile.yaml"), build_ctx=context)
 
 
 @dataclass(frozen=True)
