@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -108,6 +109,11 @@ def bento_sources(root: Path) -> dict[str, Path]:
     return found
 
 
+def _template_fallback(record: logging.LogRecord) -> bool:
+    """Drop BentoML's warning that a Dockerfile template selects its v1 bento format: intended (the health check)."""
+    return not record.getMessage().startswith("docker.dockerfile_template is not supported by bento v2")
+
+
 def build_bento(settings: Settings | None = None, *, gpu: bool = False):
     """Build the bento described by bentofile.yaml (service, code, settings, the latest imported model), from a
     build folder holding exactly `bento_sources`.
@@ -132,8 +138,13 @@ def build_bento(settings: Settings | None = None, *, gpu: bool = False):
             (Path(context) / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, Path(context) / name)
         (Path(context) / "bentofile.yaml").write_text(yaml.safe_dump(config))
-        with chdir(context):  # BentoML reads the Dockerfile template relative to the working directory
-            return bentoml.bentos.build_bentofile(str(Path(context) / "bentofile.yaml"), build_ctx=context)
+        build_log = logging.getLogger("bentoml.build")
+        build_log.addFilter(_template_fallback)
+        try:
+            with chdir(context):  # BentoML reads the Dockerfile template relative to the working directory
+                return bentoml.bentos.build_bentofile(str(Path(context) / "bentofile.yaml"), build_ctx=context)
+        finally:
+            build_log.removeFilter(_template_fallback)
 
 
 @dataclass(frozen=True)
