@@ -67,6 +67,8 @@ def compare_text(expected: str, got: str, tolerance: Tolerance) -> Mismatch | No
             continue
         if not (_is_float(e) or _is_float(g)):
             return Mismatch(f"in {_around(expected, a.start(), a.end())!r}", e, g, "integers compare exactly")
+        if _is_float(e) != _is_float(g):
+            return Mismatch(f"in {_around(expected, a.start(), a.end())!r}", e, g, "an integer and a float differ")
         if not (math.isfinite(float(e)) and tolerance.allows(e, g)):
             return Mismatch(f"in {_around(expected, a.start(), a.end())!r}", e, g, f"tolerance: {tolerance}")
     return None
@@ -85,14 +87,15 @@ def cell_tolerance(source: str, default: Tolerance) -> Tolerance:
 
 
 def _texts(outputs) -> list[tuple[str, dict, str]]:
-    """(label, container, key) of each text field in outputs (streams, and text/* data of displays and results)."""
-    found = []
-    for index, output in enumerate(outputs):
-        if output.get("output_type") == "stream":
-            found.append((f"output {index + 1} ({output['name']})", output, "text"))
-        for mime in output.get("data", {}):
-            if mime.startswith("text/"):
-                found.append((f"output {index + 1} ({mime})", output["data"], mime))
+    """(label, container, key) of each text field in outputs (streams, and text/* data of displays and results),
+    labelled by kind and occurrence (`stdout #1`, `text/plain #2`) as nbval pairs them: order across kinds is free."""
+    found, seen = [], {}
+    for output in outputs:
+        fields = [(output["name"], output, "text")] if output.get("output_type") == "stream" else \
+            [(mime, output["data"], mime) for mime in output.get("data", {}) if mime.startswith("text/")]
+        for kind, container, key in fields:
+            seen[kind] = seen.get(kind, 0) + 1
+            found.append((f"{kind} #{seen[kind]}", container, key))
     return found
 
 

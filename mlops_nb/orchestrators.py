@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pprint
+import re
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -55,7 +56,7 @@ def _relative(value, settings: Settings):
     """A param or product with the machine's folders as placeholders: the image's project lies elsewhere."""
     text = json.dumps(value, sort_keys=True)
     for folder, name in ((settings.products_dir, "{products}"), (settings.root, "{root}")):
-        text = text.replace(json.dumps(str(folder))[1:-1], name)
+        text = re.sub(re.escape(json.dumps(str(folder))[1:-1]) + r'(?=[/"])', name, text)  # whole folders only
     return json.loads(text)
 
 
@@ -104,10 +105,27 @@ def _copy(fs, prefix: str, products: Path, relatives, *, upload: bool) -> None:
         local, remote = products / relative, f"{prefix}/{relative}"
         if upload and local.exists():
             fs.makedirs(remote.rpartition("/")[0], exist_ok=True)
-            fs.put(str(local), remote, recursive=local.is_dir())
+            if local.is_dir():  # a trailing slash copies the contents: never a folder nested in its own copy
+                fs.put(f"{local}/", f"{remote}/", recursive=True)
+            else:
+                fs.put(str(local), remote)
         elif not upload and fs.exists(remote):
             local.parent.mkdir(parents=True, exist_ok=True)
-            fs.get(remote, str(local), recursive=fs.isdir(remote))
+            if fs.isdir(remote):
+                fs.get(f"{remote}/", f"{local}/", recursive=True)
+            else:
+                fs.get(remote, str(local))
+
+
+def _ancestors(planned: dict[str, PlannedTask], name: str) -> list[str]:
+    """Every task `name` depends on, directly or not: ploomber takes a task as outdated when any of them is missing."""
+    found, todo = [], list(planned[name].upstream)
+    while todo:
+        task = todo.pop()
+        if task not in found:
+            found.append(task)
+            todo += planned[task].upstream
+    return found
 
 
 def run_task(settings: Settings, name: str, params_sha256: str | None = None) -> Path:
@@ -130,13 +148,19 @@ def run_task(settings: Settings, name: str, params_sha256: str | None = None) ->
     products, remote = shared.products_dir, shared.orchestrator.remote
     if remote:
         fs, prefix = _store(shared)
-        _copy(fs, prefix, products, [r for up in planned[name].upstream for r in _kept(planned[up])], upload=False)
+        _copy(fs, prefix, products, [r for up in _ancestors(planned, name) for r in _kept(planned[up])], upload=False)
     dag.render()
     try:
         dag[name].build(force=True)
     except Exception as error:
         discard_failed_products(dag)
-        cause = error.__cause__ or error
+        if remote:  # the partly run notebook is the record of what went wrong: keep it beyond the pod
+            failed = [str(PurePosixPath(p).with_suffix(".failed.ipynb")) for p in planned[name].products
+                      if p.endswith(".ipynb")]
+            _copy(fs, prefix, products, failed, upload=True)
+        cause = error
+        while cause.__cause__ is not None:  # ploomber wraps papermill's error, which names the failing cell's
+            cause = cause.__cause__
         raise OrchestratorError(f"task {name!r} failed: {type(cause).__name__}: {cause}") from error
     if remote:
         _copy(fs, prefix, products, _kept(planned[name]), upload=True)
@@ -160,6 +184,9 @@ def export(settings: Settings, engine: str, outdir: Path | str, runner: str = "k
         if not orchestrator.storage:
             warnings.append("[orchestrator] storage is empty: each pod keeps its products to itself; set a mounted "
                             "path (with volume_claim) or an object-store URI")
+        if orchestrator.storage and not orchestrator.remote and not orchestrator.volume_claim:
+            warnings.append(f"[orchestrator] storage is the path {orchestrator.storage} but volume_claim is empty: "
+                            "each pod sees its own disk there unless the cluster mounts it otherwise")
         if not settings.tracking.remote:
             warnings.append(f"[tracking] uri is {settings.tracking.uri}, a file inside each pod: point it at an "
                             "`mlflow server` so training and registration share runs and versions")
@@ -182,7 +209,8 @@ def export(settings: Settings, engine: str, outdir: Path | str, runner: str = "k
     files = [outdir / f"{dag_id}_{engine}.py"]
     files[0].write_text(source)
     if not local:
-        files.append(outdir / "Dockerfile")
+        files += [outdir / "Dockerfile", outdir / "Dockerfile.dockerignore"]
         files[1].write_text(Template((TEMPLATES / "pipeline.Dockerfile.tmpl").read_text()).substitute(
             image=orchestrator.image, commit=document["commit"]))
+        files[2].write_text((TEMPLATES / "pipeline.dockerignore.tmpl").read_text())
     return files, warnings

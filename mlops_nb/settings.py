@@ -161,12 +161,18 @@ class OrchestratorSettings(_Section):
         from urllib.parse import urlsplit
 
         parts = urlsplit(value)
-        if value and len(parts.scheme) < 2 and not Path(value).is_absolute():
+        if value and not ("://" in value and len(parts.scheme) > 1) and not Path(value).is_absolute():
             raise ValueError(f"{value!r}: expected an absolute path every task mounts, or an fsspec URI "
                              "(s3://bucket/prefix, gs://..., file:///...)")
         _refuse_credentials(parts, "the object store's client reads them from environment variables (e.g. "
                             "AWS_ACCESS_KEY_ID; see [orchestrator] secret)")
         return value
+
+    @model_validator(mode="after")
+    def _a_claim_mounts_a_path(self):
+        if self.volume_claim and (self.remote or not self.storage):
+            raise ValueError("volume_claim mounts the claim at storage, which must then be an absolute path")
+        return self
 
     @property
     def remote(self) -> bool:

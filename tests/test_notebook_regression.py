@@ -32,6 +32,7 @@ DEFAULT = Tolerance(rtol=1e-5, atol=1e-8)
     ("max |onnx - torch| = 3.9e-07", "max |onnx - torch| = 3.91e-07", True),
     ("max |onnx - torch| = 3.9e-07", "max |onnx - torch| = 4.1e-07", False),
     ("epochs 40.", "epochs 41.", False),  # a number at the end of a sentence is still a number
+    ("count 12", "count 12.5", False),  # an integer never matches a float
 ])
 def test_numbers_within_tolerance_integers_and_text_exactly(expected, got, passes):
     assert (compare_text(expected, got, DEFAULT) is None) == passes
@@ -48,14 +49,17 @@ def test_a_cell_comment_sets_its_own_tolerance():
 
 
 def perturb(path: Path, cell: int, pattern: str, replacement: str) -> None:
-    """Replace the first match of `pattern` in code cell `cell`'s stored text outputs."""
+    """Replace the first match of `pattern` in each of code cell `cell`'s stored text outputs (at least one)."""
     notebook = nbformat.read(path, as_version=4)
     outputs = [c for c in notebook.cells if c.cell_type == "code"][cell].outputs
+    replaced = 0
     for output in outputs:
         fields = [(output, "text")] if "text" in output else [(output.data, m) for m in output.get("data", {})
                                                                 if m.startswith("text/")]
         for container, key in fields:
-            container[key] = re.sub(pattern, replacement, container[key], count=1)
+            container[key], count = re.subn(pattern, replacement, container[key], count=1)
+            replaced += count
+    assert replaced, f"{path.name} cell {cell}: nothing matches {pattern!r}"
     nbformat.write(notebook, path)
 
 
@@ -81,5 +85,5 @@ def test_perturbed_stored_figures_fail_beyond_tolerance_and_pass_within(tmp_path
     assert [cell for cell, status in outcome.items() if status == "FAILED"] == ["04_evaluate.ipynb::Cell 6",
                                                                                  "04_evaluate.ipynb::Cell 8"]
     report = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
-    assert "04_evaluate.ipynb, cell 6, output 1 (stdout) in " in report
+    assert "04_evaluate.ipynb, cell 6, stdout #1 in " in report
     assert "expected '0.5012'" in report and "integers compare exactly" in report and REFRESH in report

@@ -65,14 +65,23 @@ def test_the_pipeline_image_dockerfile(tmp_path):
     assert "PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu" in dockerfile  # never the CUDA torch
     assert 'pip install -c requirements.lock.txt ".[cpu]"' in dockerfile
     assert "\nUSER mlops\n" in dockerfile and "useradd" in dockerfile
+    ignored = (tmp_path / "Dockerfile.dockerignore").read_text().splitlines()
+    assert {".venv", "products", "mlruns.db", ".bentoml"} <= set(ignored)  # this machine's state stays out
 
 
-@pytest.mark.parametrize("storage", ["relative/path", "s3://user:hunter2@bucket/x"])
+@pytest.mark.parametrize("storage", ["relative/path", "gs:bucket", "s3://user:hunter2@bucket/x"])
 def test_storage_must_be_an_absolute_path_or_a_uri_without_credentials(tmp_path, storage):
     (tmp_path / "settings.ini").write_text(f"[orchestrator]\nstorage = {storage}\n")
     with pytest.raises(SettingsError, match=r"\[orchestrator\] storage") as error:
         load_settings(tmp_path, environ={})
     assert "hunter2" not in str(error.value)
+
+
+@pytest.mark.parametrize("storage", ["", "s3://bucket/products"])
+def test_a_volume_claim_needs_a_path_to_mount_at(tmp_path, storage):
+    (tmp_path / "settings.ini").write_text(f"[orchestrator]\nstorage = {storage}\nvolume_claim = products\n")
+    with pytest.raises(SettingsError, match="volume_claim mounts the claim at storage"):
+        load_settings(tmp_path, environ={})
 
 
 def test_run_task_refuses_a_project_that_differs_from_the_export(built_project):
@@ -84,21 +93,26 @@ def test_run_task_refuses_a_project_that_differs_from_the_export(built_project):
 
 
 def test_run_task_copies_products_from_and_to_an_object_store(built_project, tmp_path):
-    """Two tasks, each in a fresh clone at the same path (as pods of one image), products in an fsspec store
-    (file://): the second fetches the first's products, and each puts back its own (with the executed notebook and
-    ploomber's metadata) and the snapshot store."""
+    """Tasks each in a fresh clone at the same path (as pods of one image), products in an fsspec store (file://):
+    each fetches what every task before it kept (ploomber checks them all), puts back its own products, executed
+    notebook, metadata and the snapshot store; a second snapshot run nests nothing."""
     run_build(built_project)
     store = tmp_path / "store"
-    storage = {"MLOPS_NB_ORCHESTRATOR_STORAGE": f"file://{store}"}
-    for name in ("snapshot", "validate"):
+    storage = {"MLOPS_NB_ORCHESTRATOR_STORAGE": f"file://{store}",  # and one tracking store, as a server would be
+               "MLOPS_NB_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}",
+               "MLOPS_NB_TRACKING_ARTIFACT_ROOT": str(tmp_path / "mlartifacts")}
+    for name in ("snapshot", "snapshot", "validate", "train", "evaluate"):
         shutil.rmtree(tmp_path / "pod", ignore_errors=True)
         root = clone(built_project, tmp_path / "pod")
         result = cli(root, "run-task", name, **storage)
-        assert result.returncode == 0, result.stderr[-3000:]
-    assert (root / "products/snapshot/split.json").read_bytes() == (store / "snapshot/split.json").read_bytes()
-    assert read_json(store / "validate/report.json") == read_json(built_project / "products/validate/report.json")
-    assert (store / "02_validate.ipynb").is_file() and (store / "validate/.report.json.metadata").is_file()
-    assert {p.name for p in (store / "snapshots").iterdir()} == {p.name for p in (root / "products/snapshots").glob("*")}
+        assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"
+    assert (root / "products/validate/report.json").is_file()  # an ancestor, not a direct upstream of evaluate
+    metrics = [{k: v for k, v in read_json(r / "evaluate/metrics.json").items() if k != "run_id"}
+               for r in (store, built_project / "products")]
+    assert metrics[0] == metrics[1]  # the same figures as the build's (its own training run)
+    assert (store / "04_evaluate.ipynb").is_file() and (store / "evaluate/.metrics.json.metadata").is_file()
+    kept = sorted(p.relative_to(store).as_posix() for p in (store / "snapshots").rglob("*") if p.is_file())
+    assert kept and all(name.count("/") == 1 for name in kept), kept  # snapshots/<sha>.parquet, not nested
 
 
 def engine_run(engine: str, built_project: Path, tmp_path: Path, loads: str, runs: list[str]) -> tuple[dict, dict]:
