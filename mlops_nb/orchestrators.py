@@ -8,7 +8,6 @@ import hashlib
 import json
 import pprint
 import re
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
@@ -16,6 +15,7 @@ from string import Template
 
 from mlops_nb.pipeline import dag_for, discard_failed_products, telemetry_off
 from mlops_nb.settings import Settings
+from mlops_nb.tracking import git
 
 __all__ = ["ENGINES", "RUNNERS", "PlannedTask", "OrchestratorError", "shared_settings", "plan", "run_task", "export"]
 
@@ -131,8 +131,8 @@ def _ancestors(planned: dict[str, PlannedTask], name: str) -> list[str]:
 def run_task(settings: Settings, name: str, params_sha256: str | None = None) -> Path:
     """Build one task as `ploomber build` would, forced, on shared storage; returns the products folder.
 
-    With an object store, the upstream tasks' products (and what they keep beside them: ploomber's metadata, the
-    snapshot store) are copied in first, and this task's copied out after.
+    With an object store, what every task it depends on kept (products, ploomber's metadata, the snapshot store) is
+    copied in first, and this task's copied out after (a failed task's partly run notebook instead).
     """
     telemetry_off()
     shared = shared_settings(settings)
@@ -167,11 +167,6 @@ def run_task(settings: Settings, name: str, params_sha256: str | None = None) ->
     return products
 
 
-def _commit(root: Path) -> str:
-    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
-    return result.stdout.strip() if result.returncode == 0 else "uncommitted"
-
-
 def export(settings: Settings, engine: str, outdir: Path | str, runner: str = "kubernetes") -> tuple[list[Path],
                                                                                                         list[str]]:
     """Write the orchestrator's DAG file (and, for the cluster form, the pipeline image's Dockerfile) to `outdir`;
@@ -196,12 +191,13 @@ def export(settings: Settings, engine: str, outdir: Path | str, runner: str = "k
     dag_id = settings.registry.model_name.replace("-", "_").replace(".", "_")
     local = runner == "local"
     document = {
-        "dag_id": dag_id, "commit": _commit(settings.root), "runner": runner, "image": orchestrator.image,
+        "dag_id": dag_id, "commit": git(settings.root, "rev-parse", "HEAD") or "uncommitted", "runner": runner,
+        "image": orchestrator.image,
         "storage": str(shared.products_dir) if local else orchestrator.storage,
         "volume_claim": orchestrator.volume_claim, "secret": orchestrator.secret,
         "command": [str(Path(sys.executable).with_name("mlops-nb")) if local else "mlops-nb", "run-task"],
         "cwd": str(settings.root) if local else "/project",
-        "tasks": [asdict(task) for task in _plan(dag_for(shared), shared)]}
+        "tasks": [asdict(task) for task in plan(settings)]}
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     source = Template((TEMPLATES / ENGINES[engine]).read_text()).substitute(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mlops_nb.settings import Settings, load_settings
 
-__all__ = ["connect", "start_training_run", "resume_run", "log_notebooks", "provenance", "build_settings",
+__all__ = ["connect", "git", "start_training_run", "resume_run", "log_notebooks", "provenance", "build_settings",
            "KEY_PACKAGES", "BUILD_SECTIONS", "BUILD_SETTINGS_TAG"]
 
 KEY_PACKAGES = ("mlops-nb", "torch", "numpy", "pandas", "scikit-learn", "onnx", "onnxscript", "onnxruntime",
@@ -44,7 +44,8 @@ def connect(settings: Settings | None = None):
     return client
 
 
-def _git(root: Path, *args: str) -> str | None:
+def git(root: Path, *args: str) -> str | None:
+    """`git ARGS` in `root`: its output, or None outside a checkout (or without git)."""
     try:
         out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
@@ -54,8 +55,8 @@ def _git(root: Path, *args: str) -> str | None:
 
 def provenance(root: Path) -> dict[str, str]:
     """Git commit and dirtiness of the project, Python and key package versions, as MLflow tags."""
-    commit = _git(root, "rev-parse", "HEAD")
-    status = _git(root, "status", "--porcelain") if commit else None
+    commit = git(root, "rev-parse", "HEAD")
+    status = git(root, "status", "--porcelain") if commit else None
     tags = {
         "mlops_nb.git_commit": commit or "unknown (not a git checkout)",
         "mlops_nb.git_dirty": "unknown" if status is None else str(bool(status)).lower(),
