@@ -37,19 +37,25 @@ class GateResult:
         return "all gates passed" if self.passed else "; ".join(failed)
 
 
-def evaluate_gates(accuracy: float, champion_accuracy: float | None, *, min_accuracy: float,
-                   max_regression: float) -> GateResult:
-    """Check `accuracy` against the floor and against the current champion (if any)."""
-    checks = [{"gate": "min_accuracy", "passed": accuracy >= min_accuracy, "value": accuracy,
-               "threshold": min_accuracy,
-               "detail": f"test accuracy {accuracy:.4f} {'>=' if accuracy >= min_accuracy else '<'} "
-                         f"min_accuracy {min_accuracy}"}]
-    if champion_accuracy is not None:
-        floor = champion_accuracy - max_regression
-        checks.append({"gate": "max_regression", "passed": accuracy >= floor, "value": accuracy,
-                       "threshold": floor,
-                       "detail": f"test accuracy {accuracy:.4f} {'>=' if accuracy >= floor else '<'} champion "
-                                 f"{champion_accuracy:.4f} - max_regression {max_regression}"})
+def evaluate_gates(score: float, champion_score: float | None, baselines: dict[str, float] | None = None, *,
+                   metric: str = "accuracy", min_score: float, max_regression: float, min_lift: float = 0.0
+                   ) -> GateResult:
+    """Check the served variant's test `score` on `metric` against the floor, the current champion (if any) and
+    the best baseline fitted on the same split (if any)."""
+    def check(gate: str, threshold: float, detail: str) -> dict:
+        passed = score >= threshold
+        return {"gate": gate, "passed": passed, "value": score, "threshold": threshold,
+                "detail": f"test {metric} {score:.4f} {'>=' if passed else '<'} {detail}"}
+
+    checks = [check("min_score", min_score, f"min_score {min_score}")]
+    if champion_score is not None:
+        checks.append(check("max_regression", champion_score - max_regression,
+                            f"champion {champion_score:.4f} - max_regression {max_regression}"))
+    if baselines:
+        best = max(baselines, key=baselines.get)
+        checks.append(check("min_lift", baselines[best] + min_lift,
+                            f"baseline {best} {baselines[best]:.4f} + min_lift {min_lift} (lift "
+                            f"{score - baselines[best]:+.4f})"))
     return GateResult(passed=all(c["passed"] for c in checks), checks=checks)
 
 

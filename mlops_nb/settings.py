@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 __all__ = ["Settings", "SettingsError", "load_settings", "find_project_root", "ENV_PREFIX"]
@@ -107,8 +107,10 @@ class RegistrySettings(_Section):
 
 
 class GatesSettings(_Section):
-    min_accuracy: float = Field(0.95, ge=0, le=1)
+    metric: Literal["accuracy", "balanced_accuracy", "macro_f1", "roc_auc"] = "accuracy"
+    min_score: float = Field(0.95, ge=0, le=1, validation_alias=AliasChoices("min_score", "min_accuracy"))
     max_regression: float = Field(0.005, ge=0, le=1)
+    min_lift: float = Field(0.02, ge=0, le=1)
 
 
 class ExportSettings(_Section):
