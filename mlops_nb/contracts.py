@@ -42,6 +42,18 @@ class ModelCard(BaseModel):
     weights_sha256: str
     test_accuracy: float = Field(description="the served variant's accuracy on the test split: what gates compare")
     parity_max_abs_diff: float = Field(description="max |onnx - torch| over the test split's probabilities")
+    test_metrics: dict[str, float] = Field(default_factory=dict, description="the served variant's metrics on the "
+                                           "test split (accuracy, balanced_accuracy, macro_f1, log_loss, roc_auc)")
+    baselines: dict[str, dict[str, float]] = Field(default_factory=dict, description="each baseline's metrics on the "
+                                                   "test split, fitted on the training split")
+
+    def score(self, metric: str) -> float | None:
+        """The served variant's test figure on `metric` (None when the card has none: an older card, or roc_auc for
+        more than two classes)."""
+        return self.test_metrics.get(metric, self.test_accuracy if metric == "accuracy" else None)
+
+    def baseline_scores(self, metric: str) -> dict[str, float]:
+        return {name: figures[metric] for name, figures in self.baselines.items() if metric in figures}
 
     @property
     def n_features(self) -> int:

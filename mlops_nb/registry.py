@@ -15,7 +15,7 @@ from mlops_nb.ledger import Entry, append, entries
 from mlops_nb.settings import GatesSettings, Settings, load_settings
 from mlops_nb.tracking import connect, resume_run
 
-__all__ = ["GateResult", "RegistryError", "evaluate_gates", "register_onnx", "champion", "champion_card",
+__all__ = ["GateResult", "RegistryError", "evaluate_gates", "gate", "register_onnx", "champion", "champion_card",
            "version_card", "apply_gates", "promote", "rollback", "download_version", "fetch_version", "CHAMPION",
            "CHALLENGER", "CARD_FILE", "EXTRA_FILES", "REFERENCE_PROFILE"]
 
@@ -57,6 +57,17 @@ def evaluate_gates(score: float, champion_score: float | None, baselines: dict[s
                             f"baseline {best} {baselines[best]:.4f} + min_lift {min_lift} (lift "
                             f"{score - baselines[best]:+.4f})"))
     return GateResult(passed=all(c["passed"] for c in checks), checks=checks)
+
+
+def gate(card: ModelCard, current: ModelCard | None, gates: GatesSettings) -> GateResult:
+    """The one gates function (promotion, compare, canary and monitoring use it): `card`'s [gates] metric against
+    the floor, the current champion's figure on the same metric, and the best baseline on the card."""
+    score = card.score(gates.metric)
+    if score is None:
+        raise RegistryError(f"[gates] metric = {gates.metric}: version {card.model_version}'s card has no such test "
+                            "figure (roc_auc needs two classes; older cards hold accuracy only)")
+    return evaluate_gates(score, current.score(gates.metric) if current else None,
+                          card.baseline_scores(gates.metric) or None, **gates)
 
 
 class RegistryError(RuntimeError):
@@ -131,7 +142,7 @@ def apply_gates(card: ModelCard, version: str, gates: GatesSettings, settings: S
     each alias move in the ledger."""
     client = connect(settings)
     current = champion_card(card.model_name, settings)
-    result = evaluate_gates(card.test_accuracy, current.test_accuracy if current else None, **gates)
+    result = gate(card, current, gates)
     append(card.model_name, alias=CHALLENGER, to_version=str(version), reason="registered by a build",
            settings=settings)
     for key, value in {"gates": json.dumps(asdict(result)), "gates_passed": str(result.passed),
@@ -169,7 +180,7 @@ def promote(model_name: str, version: str, *, reason: str, force: bool = False,
     card, current = version_card(model_name, version, settings), champion_card(model_name, settings)
     if current and current.model_version == str(version):
         raise RegistryError(f"{model_name} version {version} is already the champion")
-    result = evaluate_gates(card.test_accuracy, current.test_accuracy if current else None, **settings.gates)
+    result = gate(card, current, settings.gates)
     if not (result.passed or force):
         return result, None
     entry = append(model_name, alias=CHAMPION, to_version=str(version), reason=reason, gates=asdict(result),

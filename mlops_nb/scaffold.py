@@ -54,7 +54,7 @@ def _settings(template: str, *, data: str, target: str, slug: str, min_accuracy:
     """The framework's settings.ini, comments kept, with this project's data, names and accuracy floor."""
     values = {("data", "source"): data, ("data", "target"): target, ("tracking", "experiment"): slug,
               ("registry", "model_name"): f"{slug.replace('_', '-')}-classifier",
-              ("serving", "service_name"): f"{slug}_service", ("gates", "min_accuracy"): f"{min_accuracy:g}"}
+              ("serving", "service_name"): f"{slug}_service", ("gates", "min_score"): f"{min_accuracy:g}"}
     lines, section = [], None
     for line in template.splitlines():
         if match := re.match(r"^\[(\w+)\]", line):

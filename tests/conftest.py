@@ -204,7 +204,7 @@ def git_status(root: Path) -> str:
 @pytest.fixture
 def registry(tmp_path):
     """A project folder with an empty sqlite registry for `gate-test`, and a small ONNX model to register."""
-    (tmp_path / "settings.ini").write_text("[registry]\nmodel_name = gate-test\n[gates]\nmin_accuracy = 0.9\n"
+    (tmp_path / "settings.ini").write_text("[registry]\nmodel_name = gate-test\n[gates]\nmin_score = 0.9\n"
                                            "max_regression = 0.01\n")
     import torch
 

@@ -10,15 +10,18 @@ from mlops_nb.registry import CHALLENGER, CHAMPION, RegistryError, champion, eva
 from mlops_nb.tracking import connect
 
 
-@pytest.mark.parametrize("accuracy, champion_accuracy, passed, failed_gate", [
-    (0.97, None, True, None),
-    (0.94, None, False, "min_accuracy"),
-    (0.97, 0.975, True, None),       # within the allowed regression
-    (0.96, 0.975, False, "max_regression"),
-    (0.99, 0.975, True, None),
+@pytest.mark.parametrize("score, champion_score, baselines, passed, failed_gate", [
+    (0.97, None, None, True, None),
+    (0.94, None, None, False, "min_score"),
+    (0.97, 0.975, None, True, None),       # within the allowed regression
+    (0.96, 0.975, None, False, "max_regression"),
+    (0.99, 0.975, None, True, None),
+    (0.97, None, {"majority_class": 0.10, "logistic_regression": 0.94}, True, None),  # lift 0.03 >= 0.02
+    (0.97, None, {"majority_class": 0.96, "logistic_regression": 0.94}, False, "min_lift"),  # lift 0.01
 ])
-def test_gates(accuracy, champion_accuracy, passed, failed_gate):
-    result = evaluate_gates(accuracy, champion_accuracy, min_accuracy=0.95, max_regression=0.01)
+def test_gates(score, champion_score, baselines, passed, failed_gate):
+    result = evaluate_gates(score, champion_score, baselines, metric="macro_f1", min_score=0.95, max_regression=0.01,
+                            min_lift=0.02)
     assert result.passed is passed
     assert [c["gate"] for c in result.checks if not c["passed"]] == ([failed_gate] if failed_gate else [])
     assert (result.reason == "all gates passed") is passed

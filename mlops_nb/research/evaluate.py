@@ -17,7 +17,7 @@ from sklearn.preprocessing import StandardScaler
 GATE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")  # what [gates] metric may choose
 
 def classification_metrics(y_true, probabilities) -> dict:
-    "Accuracy, balanced accuracy, macro F1, log loss (and ROC AUC for two classes) from labels 0..k-1 and probabilities."
+    "Accuracy, balanced accuracy, macro F1, log loss (and two-class ROC AUC) from labels 0..k-1 and probabilities."
     probabilities, y_true = np.asarray(probabilities), np.asarray(y_true)
     y_pred = probabilities.argmax(axis=1)
     metrics = {"accuracy": float((y_pred == y_true).mean()),
@@ -28,11 +28,11 @@ def classification_metrics(y_true, probabilities) -> dict:
         metrics["roc_auc"] = float(roc_auc_score(y_true, probabilities[:, 1]))
     return metrics
 
-def baseline_metrics(x_train, y_train, x_test, y_test, n_classes: int, seed: int) -> dict:
+def baseline_metrics(x_train, y_train, x_test, y_test, n_classes: int) -> dict:
     "The metrics of two baselines fitted on the training split: always the majority class, and a logistic regression."
     models = {"majority_class": DummyClassifier(strategy="most_frequent"),
               "logistic_regression": make_pipeline(SimpleImputer(strategy="median"), StandardScaler(),
-                                                   LogisticRegression(max_iter=2000, random_state=seed))}
+                                                   LogisticRegression(max_iter=2000))}  # lbfgs: deterministic
     found = {}
     for name, model in models.items():
         model.fit(x_train, y_train)
