@@ -24,9 +24,11 @@ def isolated_environ(folder: Path) -> dict[str, str]:
 
 
 def refresh_outputs(paths: list[Path], *, timeout: int = 900) -> None:
-    """Run the notebooks in order, in one fresh isolated state (as nbval will), and store their outputs cleaned."""
+    """Run the notebooks in order, in one fresh isolated state (as nbval will), and store their outputs cleaned
+    (streams merged, as nbval merges them before comparing)."""
     import nbformat
     from nbclient import NotebookClient
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
     from mlops_nb.notebook_clean import clean_file
 
@@ -37,5 +39,6 @@ def refresh_outputs(paths: list[Path], *, timeout: int = 900) -> None:
             notebook = nbformat.read(str(path), as_version=4)
             NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                            resources={"metadata": {"path": str(Path(path).parent)}}).execute(env=environ)
+            CoalesceStreamsPreprocessor().preprocess(notebook, {})  # one output per stream, however the kernel flushed
             nbformat.write(notebook, str(path))
             clean_file(path)

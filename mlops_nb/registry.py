@@ -33,8 +33,10 @@ class GateResult:
 
     @property
     def reason(self) -> str:
-        failed = [c["detail"] for c in self.checks if not c["passed"]]
-        return "all gates passed" if self.passed else "; ".join(failed)
+        if not self.passed:
+            return "; ".join(c["detail"] for c in self.checks if not c["passed"])
+        lift = [c["detail"] for c in self.checks if c["gate"] == "min_lift"]
+        return "all gates passed" + "".join(f": {detail}" for detail in lift)
 
 
 def evaluate_gates(score: float, champion_score: float | None, baselines: dict[str, float] | None = None, *,
@@ -53,7 +55,7 @@ def evaluate_gates(score: float, champion_score: float | None, baselines: dict[s
                             f"champion {champion_score:.4f} - max_regression {max_regression}"))
     if baselines:
         best = max(baselines, key=baselines.get)
-        checks.append(check("min_lift", baselines[best] + min_lift,
+        checks.append(check("min_lift", min(baselines[best] + min_lift, 1.0),  # a perfect baseline: match it
                             f"baseline {best} {baselines[best]:.4f} + min_lift {min_lift} (lift "
                             f"{score - baselines[best]:+.4f})"))
     return GateResult(passed=all(c["passed"] for c in checks), checks=checks)

@@ -50,11 +50,11 @@ def _check_data(data: Path, target: str) -> pd.DataFrame:
     return labeled
 
 
-def _settings(template: str, *, data: str, target: str, slug: str, min_accuracy: float) -> str:
+def _settings(template: str, *, data: str, target: str, slug: str, min_score: float) -> str:
     """The framework's settings.ini, comments kept, with this project's data, names and accuracy floor."""
     values = {("data", "source"): data, ("data", "target"): target, ("tracking", "experiment"): slug,
               ("registry", "model_name"): f"{slug.replace('_', '-')}-classifier",
-              ("serving", "service_name"): f"{slug}_service", ("gates", "min_score"): f"{min_accuracy:g}"}
+              ("serving", "service_name"): f"{slug}_service", ("gates", "min_score"): f"{min_score:g}"}
     lines, section = [], None
     for line in template.splitlines():
         if match := re.match(r"^\[(\w+)\]", line):
@@ -107,7 +107,7 @@ def new_project(dest: Path | str, data: Path | str, target: str) -> Path:
     majority = float(frame[target].value_counts(normalize=True).max())
     (dest / "settings.ini").write_text(_settings(
         (FRAMEWORK_SOURCE / "settings.ini").read_text(), data=f"data/{data.name}", target=target, slug=slug,
-        min_accuracy=min(0.99, round(majority + 0.005, 2))))
+        min_score=min(0.99, round(majority + 0.005, 2))))
     _notebooks(dest / "notebooks", package)
     classes = class_labels(frame[target])
     values = {"slug": slug, "package": package, "bin": str(Path(sys.executable).parent), "data": data.name,

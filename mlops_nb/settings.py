@@ -51,8 +51,8 @@ class TrainingSettings(_Section):
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(0.002, gt=0, le=1)
     weight_decay: float = Field(0.0001, ge=0)
-    hidden_sizes: tuple[int, ...] = (128, 64)
-    dropout: float = Field(0.1, ge=0, lt=1)
+    hidden_sizes: tuple[int, ...] = (256, 128)
+    dropout: float = Field(0.2, ge=0, lt=1)
     torch_threads: int = Field(1, ge=1)
 
     @field_validator("hidden_sizes", mode="before")
@@ -110,7 +110,7 @@ class GatesSettings(_Section):
     metric: Literal["accuracy", "balanced_accuracy", "macro_f1", "roc_auc"] = "accuracy"
     min_score: float = Field(0.95, ge=0, le=1, validation_alias=AliasChoices("min_score", "min_accuracy"))
     max_regression: float = Field(0.005, ge=0, le=1)
-    min_lift: float = Field(0.02, ge=0, le=1)
+    min_lift: float = Field(0.005, ge=0, le=1)
 
 
 class ExportSettings(_Section):

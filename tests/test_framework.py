@@ -5,7 +5,7 @@ import subprocess
 
 import mlflow
 import nbformat
-from conftest import BIN, FAST_EPOCHS, copy_project, git_status, project_env, ran_tasks, run_build
+from conftest import BIN, TEST_EPOCHS, copy_project, git_status, project_env, ran_tasks, run_build
 
 from mlops_nb.products import read_json
 
@@ -13,7 +13,7 @@ from mlops_nb.products import read_json
 def run(root, *command, check=True):
     """A command from the venv's bin folder, in the project copy at `root`, with the session build's settings."""
     result = subprocess.run([str(BIN / command[0]), *command[1:]], cwd=root, capture_output=True, text=True,
-                            env=project_env(root, MLOPS_NB_TRAINING_EPOCHS=str(FAST_EPOCHS)), timeout=900)
+                            env=project_env(root, MLOPS_NB_TRAINING_EPOCHS=str(TEST_EPOCHS)), timeout=900)
     assert not check or result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 

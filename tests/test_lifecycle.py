@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from conftest import BIN, FAST_EPOCHS, copy_project, project_env, ran_tasks, run_build
+from conftest import BIN, TEST_EPOCHS, copy_project, project_env, ran_tasks, run_build
 
 from mlops_nb.products import read_json
 from mlops_nb.research.model import load_model, weights_sha256
@@ -102,7 +102,7 @@ def test_a_build_killed_mid_task_leaves_nothing_the_next_build_trusts(tmp_path):
     notebook = root / "products/03_train.ipynb"
     before = notebook.stat().st_mtime_ns
     build = subprocess.Popen([str(BIN / "ploomber"), "task", "train", "--force"], cwd=root,
-                             env=project_env(root, MLOPS_NB_TRAINING_EPOCHS=str(FAST_EPOCHS)),
+                             env=project_env(root, MLOPS_NB_TRAINING_EPOCHS=str(TEST_EPOCHS)),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     while not task_code_ran(notebook, before):
@@ -128,7 +128,7 @@ def test_shadow_challenger_scores_every_request_off_the_answer_and_compare_repor
     run_build(root)  # v1: champion
     # v2: other weights (another seed, fewer epochs) that cannot pass the gates: the challenger, not the champion
     run_build(root, "--force", "--partially", "register", MLOPS_NB_TRAINING_SEED="7", MLOPS_NB_TRAINING_EPOCHS="4",
-              MLOPS_NB_GATES_MIN_ACCURACY="1.0")
+              MLOPS_NB_GATES_MIN_SCORE="1.0")
     shadow_on = {"MLOPS_NB_SERVING_SHADOW_FRACTION": "1"}
     deployed = subprocess.run([str(BIN / "mlops-nb"), "deploy"], cwd=root, env=project_env(root, **shadow_on),
                               capture_output=True, text=True, timeout=600)

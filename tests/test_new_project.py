@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import BIN, project_env
-from sklearn.datasets import load_breast_cancer, load_wine
+from sklearn.datasets import load_wine
 
 from mlops_nb.products import read_json
 from mlops_nb.serving.bento import served
@@ -30,10 +30,13 @@ def wine_csv(folder):
     return folder / "wine.csv", "cultivar"
 
 
-def breast_cancer_parquet(folder):
-    """Breast-cancer diagnosis with integer labels, as Parquet."""
-    load_breast_cancer(as_frame=True).frame.to_parquet(folder / "breast_cancer.parquet", index=False)
-    return folder / "breast_cancer.parquet", "target"
+def no_signal_parquet(folder):
+    """2000 rows, 90/10 integer labels drawn independently of eight noise features, as Parquet."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(2000, 8)), columns=[f"x{i}" for i in range(8)])
+    frame["target"] = (rng.random(2000) < 0.1).astype(int)
+    frame.to_parquet(folder / "no_signal.parquet", index=False)
+    return folder / "no_signal.parquet", "target"
 
 
 def readme_commands(root):
@@ -42,8 +45,8 @@ def readme_commands(root):
     return [shlex.split(line) for line in block.splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("make_data", [wine_csv, breast_cancer_parquet])
-def test_a_new_project_on_other_data_builds_tests_and_serves(tmp_path, make_data):
+def new_project_built(tmp_path, make_data):
+    """`mlops-nb new` on the data, then the new README's commands as printed (both must pass)."""
     data, target = make_data(tmp_path)
     root = tmp_path / data.stem
     env = {k: v for k, v in project_env(root).items() if k != "PYTHONPATH"}
@@ -57,6 +60,24 @@ def test_a_new_project_on_other_data_builds_tests_and_serves(tmp_path, make_data
         result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, f"{command}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     print(result.stdout[-400:])
+    return data, target, root, env
+
+
+def test_a_model_that_does_not_beat_its_baselines_is_registered_but_not_promoted(tmp_path):
+    """On 90/10 labels without signal the majority class scores 0.90 accuracy: the model may pass nothing."""
+    _, _, root, _ = new_project_built(tmp_path, no_signal_parquet)
+    registration = read_json(root / "products/register/registration.json")
+    print(registration["reason"])
+    assert registration["promoted"] is False and registration["version"] == 1
+    baselines = read_json(root / "products/evaluate/metrics.json")["baselines"]
+    assert baselines["majority_class"]["accuracy"] >= 0.85
+    assert "test accuracy" in registration["reason"] and "< baseline " in registration["reason"]
+    assert "+ min_lift 0.005 (lift " in registration["reason"]
+    assert read_json(root / "products/bento/bento.json")["bento_tag"] is None
+
+
+def test_a_new_project_on_other_data_builds_tests_and_serves(tmp_path):
+    data, target, root, env = new_project_built(tmp_path, wine_csv)
 
     frame = pd.read_csv(data) if data.suffix == ".csv" else pd.read_parquet(data)
     card = read_json(root / "products/register/registration.json")["card"]

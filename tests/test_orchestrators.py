@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, FAST_EPOCHS, REPO, engine_python, project_env, run_build
+from conftest import BIN, TEST_EPOCHS, REPO, engine_python, project_env, run_build
 
 from mlops_nb.orchestrators import export, plan
 from mlops_nb.pipeline import dag_for
@@ -23,7 +23,7 @@ DAG_ID = "digits_classifier"
 
 def cli(root: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "mlops-nb"), *args], cwd=root, capture_output=True, text=True, timeout=900,
-                          env=project_env(root, MLOPS_NB_TRAINING_EPOCHS=str(FAST_EPOCHS), **env))
+                          env=project_env(root, MLOPS_NB_TRAINING_EPOCHS=str(TEST_EPOCHS), **env))
 
 
 def clone(project: Path, dest: Path) -> Path:
@@ -134,7 +134,7 @@ def engine_run(engine: str, built_project: Path, tmp_path: Path, loads: str, run
     started = time.monotonic()
     command = [str(python) if part == "{python}" else part.format(dags=local) for part in runs]
     result = subprocess.run(command, cwd=local, capture_output=True, text=True, timeout=1200,
-                            env=project_env(root, MLOPS_NB_TRAINING_EPOCHS=str(FAST_EPOCHS), **engine_env))
+                            env=project_env(root, MLOPS_NB_TRAINING_EPOCHS=str(TEST_EPOCHS), **engine_env))
     print(f"{engine}: the local run took {time.monotonic() - started:.0f} s")
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     card, expected = (read_json(r / "products/register/registration.json")["card"] for r in (root, built_project))

@@ -6,7 +6,7 @@ import subprocess
 import nbformat
 import pandas as pd
 import torch
-from conftest import FAST_EPOCHS, copy_project, ran_tasks, run_build
+from conftest import TEST_EPOCHS, copy_project, ran_tasks, run_build
 
 from mlops_nb.products import read_json
 from mlops_nb.registry import champion
@@ -47,7 +47,7 @@ def test_mlflow_run_records_params_metrics_provenance_and_notebooks(built_projec
     products = built_project / "products"
     run = client.get_run(read_json(products / "train/run.json")["run_id"])
     manifest = read_json(products / "snapshot/manifest.json")
-    training = load_settings(built_project, environ={"MLOPS_NB_TRAINING_EPOCHS": str(FAST_EPOCHS)}).training
+    training = load_settings(built_project, environ={"MLOPS_NB_TRAINING_EPOCHS": str(TEST_EPOCHS)}).training
     assert {k: run.data.params[k] for k in training.keys()} == {k: str(v) for k, v in training.model_dump().items()}
     assert run.data.params["data_sha256"] == manifest["sha256"] == run.data.tags["mlops_nb.data_sha256"]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=built_project, capture_output=True, text=True).stdout
@@ -58,7 +58,7 @@ def test_mlflow_run_records_params_metrics_provenance_and_notebooks(built_projec
     assert run.data.tags["mlops_nb.weights_sha256"] == read_json(products / "train/run.json")["weights_sha256"]
     assert run.data.metrics["test_accuracy"] == read_json(products / "evaluate/metrics.json")["test_accuracy"]
     assert run.data.metrics["onnx_parity_max_abs_diff"] <= settings.export.parity_tolerance
-    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == FAST_EPOCHS
+    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == TEST_EPOCHS
     notebooks = {f.path for f in client.list_artifacts(run.info.run_id, "notebooks")}
     assert notebooks == {f"notebooks/{files[0]}" for files in TASK_PRODUCTS.values()}
     other = {f.path for f in client.list_artifacts(run.info.run_id, "evaluation")}
@@ -79,10 +79,10 @@ def test_no_op_build_then_a_changed_notebook_reruns_only_itself_and_what_depends
 def test_a_model_failing_its_gates_is_registered_but_the_old_champion_keeps_serving(built_project):
     settings = load_settings(built_project, environ={})
     before = champion(settings.registry.model_name, settings)
-    result = run_build(built_project, MLOPS_NB_GATES_MIN_ACCURACY="0.999")
+    result = run_build(built_project, MLOPS_NB_GATES_MIN_SCORE="0.999")
     assert ran_tasks(result) == {"register", "bento", "record"}  # a gate threshold is a param of register
     registration = read_json(built_project / "products/register/registration.json")
-    assert registration["promoted"] is False and "< min_accuracy 0.999" in registration["reason"]
+    assert registration["promoted"] is False and "< min_score 0.999" in registration["reason"]
     assert champion(settings.registry.model_name, settings).version == before.version != registration["version"]
     client = connect(settings)
     assert client.get_model_version_by_alias(settings.registry.model_name, "challenger").version == \
@@ -104,9 +104,9 @@ def test_a_forced_rebuild_reproduces_weights_and_metrics_bit_for_bit(built_proje
 
 
 def test_changing_a_training_setting_reruns_training(built_project):
-    result = run_build(built_project, "--partially", "train", MLOPS_NB_TRAINING_EPOCHS=str(FAST_EPOCHS + 1))
+    result = run_build(built_project, "--partially", "train", MLOPS_NB_TRAINING_EPOCHS=str(TEST_EPOCHS + 1))
     assert ran_tasks(result) == {"train"}
-    assert read_json(built_project / "products/train/run.json")["history"][-1]["epoch"] == FAST_EPOCHS + 1
+    assert read_json(built_project / "products/train/run.json")["history"][-1]["epoch"] == TEST_EPOCHS + 1
 
 
 def test_failed_task_leaves_nothing_that_looks_finished(tmp_path):
@@ -142,7 +142,7 @@ def test_failed_task_leaves_nothing_that_looks_finished(tmp_path):
 
 def test_a_quick_run_whose_model_fails_the_gates_completes_without_a_bento(tmp_path):
     root = copy_project(tmp_path / "project", commit=False)
-    run_build(root, MLOPS_NB_TRAINING_EPOCHS="1", MLOPS_NB_GATES_MIN_ACCURACY="0.999")
+    run_build(root, MLOPS_NB_TRAINING_EPOCHS="1", MLOPS_NB_GATES_MIN_SCORE="0.999")
     registration = read_json(root / "products/register/registration.json")
     assert registration["promoted"] is False and registration["version"] == 1
     assert read_json(root / "products/bento/bento.json") == {

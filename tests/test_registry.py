@@ -18,13 +18,18 @@ from mlops_nb.tracking import connect
     (0.99, 0.975, None, True, None),
     (0.97, None, {"majority_class": 0.10, "logistic_regression": 0.94}, True, None),  # lift 0.03 >= 0.02
     (0.97, None, {"majority_class": 0.96, "logistic_regression": 0.94}, False, "min_lift"),  # lift 0.01
+    (1.0, None, {"majority_class": 0.5, "logistic_regression": 1.0}, True, None),  # a perfect baseline, matched
 ])
 def test_gates(score, champion_score, baselines, passed, failed_gate):
     result = evaluate_gates(score, champion_score, baselines, metric="macro_f1", min_score=0.95, max_regression=0.01,
                             min_lift=0.02)
     assert result.passed is passed
     assert [c["gate"] for c in result.checks if not c["passed"]] == ([failed_gate] if failed_gate else [])
-    assert (result.reason == "all gates passed") is passed
+    assert result.reason.startswith("all gates passed") is passed
+    if baselines:  # passed or not, the reason names the metric, the best baseline, both figures and the lift
+        best = max(baselines, key=baselines.get)
+        assert f"test macro_f1 {score:.4f}" in result.reason and f"baseline {best} {baselines[best]:.4f}" in result.reason
+        assert f"(lift {score - baselines[best]:+.4f})" in result.reason
 
 
 def test_failed_gate_keeps_the_old_champion_and_says_why(registry):

@@ -30,7 +30,7 @@ def test_a_new_project_is_configured_for_its_data_and_exports_to_its_own_package
     assert (settings.data.source, settings.data.target) == ("data/iris.csv", "species")
     assert settings.registry.model_name == "iris-project-classifier"
     assert settings.serving.service_name == "iris_project_service" and settings.tracking.experiment == "iris_project"
-    assert settings.gates.min_accuracy == 0.34  # just above the most common class's share (1/3)
+    assert settings.gates.min_score == 0.34  # just above the most common class's share (1/3)
     assert pd.read_csv(root / "data/iris.csv").equals(pd.read_csv(iris_csv))
     for path in sorted((root / "notebooks").glob("*.ipynb")):
         text = path.read_text()

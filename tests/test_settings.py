@@ -14,7 +14,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_project_settings_load_with_defaults_that_work():
     s = load_settings(REPO, environ={})
-    assert s.data.source == "digits" and s.training.hidden_sizes == (128, 64)
+    assert s.data.source == "digits" and s.training.hidden_sizes == (256, 128)
     assert s.tracking_uri == f"sqlite:///{REPO / 'mlruns.db'}"
     assert s.products_dir == REPO / "products"
 
@@ -52,8 +52,8 @@ def test_bad_values_are_rejected_naming_section_key_and_allowed_values(tmp_path,
 
 
 def test_bad_environment_override_is_rejected(tmp_path):
-    with pytest.raises(SettingsError, match=r"\[gates\] min_accuracy = '2': Input should be less than or equal to 1"):
-        load_settings(write(tmp_path, ""), environ={"MLOPS_NB_GATES_MIN_ACCURACY": "2"})
+    with pytest.raises(SettingsError, match=r"\[gates\] min_score = '2': Input should be less than or equal to 1"):
+        load_settings(write(tmp_path, ""), environ={"MLOPS_NB_GATES_MIN_SCORE": "2"})
     with pytest.raises(SettingsError, match="MLOPS_NB_NOSECTION: expected MLOPS_NB_<SECTION>_<KEY>"):
         load_settings(write(tmp_path, ""), environ={"MLOPS_NB_NOSECTION": "1"})
 
@@ -89,3 +89,9 @@ def test_the_tracking_uri_is_a_local_store_or_a_server_and_never_holds_credentia
     assert "MLFLOW_TRACKING_USERNAME" in str(error.value) and "hunter2" not in str(error.value)
     with pytest.raises(SettingsError, match="expected sqlite:///PATH"):
         load_settings(root, environ={"MLOPS_NB_TRACKING_URI": "mlruns"})
+
+
+def test_the_gate_floor_keeps_its_old_name_and_the_metric_is_checked(tmp_path):
+    assert load_settings(write(tmp_path, "[gates]\nmin_accuracy = 0.9\n"), environ={}).gates.min_score == 0.9
+    with pytest.raises(SettingsError, match=r"\[gates\] metric = 'f1'"):
+        load_settings(write(tmp_path, "[gates]\nmetric = f1\n"), environ={})

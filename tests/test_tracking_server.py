@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import BIN, FAST_EPOCHS, copy_project, project_env, run_build, running
+from conftest import BIN, TEST_EPOCHS, copy_project, project_env, run_build, running
 
 from mlops_nb.products import read_json
 from mlops_nb.serving.bento import free_port
@@ -44,7 +44,7 @@ def test_builds_share_a_tracking_server_without_mixing_runs_versions_or_aliases(
         copies = {seed: copy_project(tmp_path / f"seed{seed}") for seed in (7, 8)}
         builds = {seed: subprocess.Popen([str(BIN / "ploomber"), "build"], cwd=root, stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, text=True,
-                                         env=project_env(root, MLOPS_NB_TRAINING_EPOCHS=str(FAST_EPOCHS),
+                                         env=project_env(root, MLOPS_NB_TRAINING_EPOCHS=str(TEST_EPOCHS),
                                                          MLOPS_NB_TRAINING_SEED=str(seed), **remote))
                   for seed, root in copies.items()}
         for seed, build in builds.items():

@@ -18,8 +18,9 @@ GATE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")  # what 
 
 def classification_metrics(y_true, probabilities) -> dict:
     "Accuracy, balanced accuracy, macro F1, log loss (and two-class ROC AUC) from labels 0..k-1 and probabilities."
-    probabilities, y_true = np.asarray(probabilities), np.asarray(y_true)
+    probabilities, y_true = np.asarray(probabilities, dtype=np.float64), np.asarray(y_true)
     y_pred = probabilities.argmax(axis=1)
+    probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)  # float32 softmax: sums off by 1e-7
     metrics = {"accuracy": float((y_pred == y_true).mean()),
                "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
                "macro_f1": float(f1_score(y_true, y_pred, average="macro")),
