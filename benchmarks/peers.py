@@ -14,7 +14,8 @@ Peers: `starlette` (a Starlette app that parses the body and answers a constant,
 BentoML service with one constant API), `mlflow` (`mlflow models serve` of the champion), `mlops-nb` (the
 project's built bento), `mlops-nb-batched` (the same bento with `[serving] batching = adaptive`) and
 `mlops-nb-shadow` (the same bento scoring every request with its shadow challenger too; `--bento TAG` names a
-bento that `MLOPS_NB_SERVING_SHADOW_FRACTION=1 mlops-nb deploy` built with one). Every
+bento that `MLOPS_NB_SERVING_SHADOW_FRACTION=1 mlops-nb deploy` built with one) and `mlops-nb-explain` (the
+same bento's `POST /explain`, for its latency beside `/predict`'s). Every
 server keeps its framework's defaults (workers, access logs).
 """
 
@@ -190,6 +191,8 @@ PEERS = {peer.name: peer for peer in [
     # holds a challenger: `MLOPS_NB_SERVING_SHADOW_FRACTION=1 mlops-nb deploy`)
     Peer("mlops-nb-shadow", "/predict", "instances",
          partial(mlops_nb_bento, MLOPS_NB_SERVING_SHADOW_FRACTION="1")),
+    # the same bento's POST /explain: occlusion over every feature, one batched ONNX call per request
+    Peer("mlops-nb-explain", "/explain", "instances", mlops_nb_bento),
 ]}
 
 

@@ -46,6 +46,17 @@ class ModelCard(BaseModel):
                                            "test split (accuracy, balanced_accuracy, macro_f1, log_loss, roc_auc)")
     baselines: dict[str, dict[str, float]] = Field(default_factory=dict, description="each baseline's metrics on the "
                                                    "test split, fitted on the training split")
+    feature_mean: list[float] = Field(default_factory=list, description="each feature's mean on the training split: "
+                                      "the baseline of /explain's occlusion")
+    feature_importance: dict[str, float] = Field(default_factory=dict, description="test accuracy lost when a feature "
+                                                 "is shuffled (permutation importance, seeded), largest first")
+    robustness: dict[str, float] = Field(default_factory=dict, description="test accuracy of the trained model "
+                                         "under noise, a missing feature and FGSM (research.evaluate.robustness)")
+
+    @property
+    def robust_accuracy(self) -> float | None:
+        """The lowest accuracy under perturbation (None when the card has none)."""
+        return min(self.robustness.values()) if self.robustness else None
 
     def score(self, metric: str) -> float | None:
         """The served variant's test figure on `metric` (None when the card has none: an older card, or roc_auc for

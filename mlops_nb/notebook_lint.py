@@ -27,6 +27,7 @@ RULES: dict[str, tuple[str, str]] = {
     "NB300": ("info", "cell is not valid Python: the hidden-state check skips it and the cells after it"),
     "NB301": ("error", "hidden state: a name is used before any cell defines it"),
     "NB401": ("warning", "randomness without a seed: results change from run to run"),
+    "NB402": ("warning", "leakage: a scaler, imputer or encoder is fitted before the train/test split"),
     "NB501": ("warning", "absolute or user-specific path in code: works on one machine only"),
     "NB601": ("warning", "outputs too large to commit (a cell over 100 kB, the notebook over 1 MB)"),
     "NB701": ("error", "secret-looking string in code or outputs"),
@@ -427,6 +428,33 @@ def _unseeded(parsed):
                        f"line {call.lineno}: {code.line(call.lineno)}", _ADVICE[kind][1])
 
 
+_PREPROCESSING = ("sklearn.preprocessing.", "sklearn.impute.", "sklearn.feature_extraction.",
+                  "sklearn.decomposition.", "sklearn.feature_selection.")
+_SPLITS = ("train_test_split", "split_indices")  # what a research notebook calls to split rows
+
+
+def _fitted_before_split(parsed):
+    """Preprocessing fitted on all rows, before the first split: its statistics include the test rows."""
+    aliases = _aliases(c.tree for c in parsed.values() if c.tree)
+    prepared, fits = set(), []  # names bound to a preprocessing object; fits seen before any split
+    for i, code in parsed.items():
+        for node in _sorted(code.tree, (ast.Assign, ast.Call)) if code.tree else []:
+            if isinstance(node, ast.Assign):
+                if isinstance(node.value, ast.Call) and _qualname(node.value.func, aliases).startswith(_PREPROCESSING):
+                    prepared |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+            elif _qualname(node.func, aliases).rpartition(".")[2] in _SPLITS:
+                yield from fits
+                return
+            elif isinstance(node.func, ast.Attribute) and node.func.attr in ("fit", "fit_transform"):
+                owner = node.func.value
+                if (isinstance(owner, ast.Name) and owner.id in prepared) or (isinstance(owner, ast.Call) and _qualname(
+                        owner.func, aliases).startswith(_PREPROCESSING)):
+                    fits.append(("NB402", i, f"{ast.unparse(node.func)}(...) learns statistics from every row, the "
+                                 "test rows included, before they are split off", f"line {node.lineno}: "
+                                 f"{code.line(node.lineno)}", "split first, then fit on the training rows only (or "
+                                 "put it in a Pipeline fitted on the training split)"))
+
+
 _PATH = re.compile(r"^(/[\w.@+-]+/|~[\w.-]*[/\\]|[A-Za-z]:[\\/])")
 
 
@@ -518,7 +546,7 @@ def lint_notebook(path) -> list[Finding]:
     python = (language or "python").lower() == "python"
     parsed = {i: _parse(c.source) for i, c in enumerate(nb.cells) if c.cell_type == "code"} if python else {}
     checks = [_parameters(nb), _execution_order(nb), _large_outputs(nb, path), _syntax(parsed),
-              _hidden_state(parsed), _unseeded(parsed), _paths(nb, parsed), _secrets(nb, parsed),
+              _hidden_state(parsed), _unseeded(parsed), _fitted_before_split(parsed), _paths(nb, parsed), _secrets(nb, parsed),
               _export_uses_scratch(nb, parsed)]
     ignored = set(nb.metadata.get("mlops_nb", {}).get("lint", {}).get("ignore", []))
     findings = [Finding(rule, RULES[rule][0], str(path), cell, message, evidence, fix)

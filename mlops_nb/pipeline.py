@@ -98,6 +98,7 @@ def code_files(notebook: Path, root: Path) -> set[Path]:
 # dag.yaml placeholders that are not settings sections, and where their values come from
 COMPUTED_PARAMS = {
     "products": "[paths] products in settings.ini", "snapshot_store": "[paths] products in settings.ini",
+    "candidate_store": "[paths] products in settings.ini",
     "seed": "[training] seed in settings.ini",
     "data_fingerprint": "the data file's SHA-256 (or scikit-learn's version for digits)",
     "code_sha256": "a SHA-256 of the project and mlops_nb modules this notebook imports",

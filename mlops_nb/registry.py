@@ -39,11 +39,12 @@ class GateResult:
         return "all gates passed" + "".join(f": {detail}" for detail in lift)
 
 
-def evaluate_gates(score: float, champion_score: float | None, baselines: dict[str, float] | None = None, *,
-                   metric: str = "accuracy", min_score: float, max_regression: float, min_lift: float = 0.0
-                   ) -> GateResult:
+def evaluate_gates(score: float, champion_score: float | None, baselines: dict[str, float] | None = None,
+                   robust_accuracy: float | None = None, *, metric: str = "accuracy", min_score: float,
+                   max_regression: float, min_lift: float = 0.0, min_robust_accuracy: float = 0.0) -> GateResult:
     """Check the served variant's test `score` on `metric` against the floor, the current champion (if any) and
-    the best baseline fitted on the same split (if any)."""
+    the best baseline fitted on the same split (if any); and, when `min_robust_accuracy` is set, the lowest
+    accuracy under perturbation."""
     def check(gate: str, threshold: float, detail: str) -> dict:
         passed = score >= threshold
         return {"gate": gate, "passed": passed, "value": score, "threshold": threshold,
@@ -58,6 +59,12 @@ def evaluate_gates(score: float, champion_score: float | None, baselines: dict[s
         checks.append(check("min_lift", min(baselines[best] + min_lift, 1.0),  # a perfect baseline: match it
                             f"baseline {best} {baselines[best]:.4f} + min_lift {min_lift} (lift "
                             f"{score - baselines[best]:+.4f})"))
+    if min_robust_accuracy:
+        passed = robust_accuracy is not None and robust_accuracy >= min_robust_accuracy
+        figure = "none on the card" if robust_accuracy is None else f"{robust_accuracy:.4f}"
+        checks.append({"gate": "min_robust_accuracy", "passed": passed, "value": robust_accuracy,
+                       "threshold": min_robust_accuracy, "detail": f"robust accuracy {figure} "
+                       f"{'>=' if passed else '<'} min_robust_accuracy {min_robust_accuracy}"})
     return GateResult(passed=all(c["passed"] for c in checks), checks=checks)
 
 
@@ -69,7 +76,7 @@ def gate(card: ModelCard, current: ModelCard | None, gates: GatesSettings) -> Ga
         raise RegistryError(f"[gates] metric = {gates.metric}: version {card.model_version}'s card has no such test "
                             "figure (roc_auc needs two classes; older cards hold accuracy only)")
     return evaluate_gates(score, current.score(gates.metric) if current else None,
-                          card.baseline_scores(gates.metric) or None, **gates)
+                          card.baseline_scores(gates.metric) or None, card.robust_accuracy, **gates)
 
 
 class RegistryError(RuntimeError):

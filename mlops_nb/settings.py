@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import os
+from itertools import product
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +44,9 @@ class DataSettings(_Section):
 class ValidationSettings(_Section):
     min_class_fraction: float = Field(0.05, ge=0, lt=1)
     max_missing_fraction: float = Field(0.05, ge=0, lt=1)
+    duplicate_rows: Literal["error", "warn"] = "error"
+    target_leak: Literal["error", "warn"] = "error"
+    max_single_feature_score: float = Field(0.98, gt=0, le=1)
 
 
 class TrainingSettings(_Section):
@@ -64,6 +68,44 @@ class TrainingSettings(_Section):
                 raise ValueError("expected comma-separated positive integers, e.g. 128,64")
             return tuple(int(p) for p in parts)
         return value
+
+
+class SearchSettings(_Section):
+    """Values to try for [training] keys, `|`-separated; the candidates are their product, on top of [training]."""
+
+    hidden_sizes: tuple[tuple[int, ...], ...] = ()
+    dropout: tuple[float, ...] = ()
+    learning_rate: tuple[float, ...] = ()
+    weight_decay: tuple[float, ...] = ()
+    epochs: tuple[int, ...] = ()
+    batch_size: tuple[int, ...] = ()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _split_values(cls, value, info):
+        if not isinstance(value, str):
+            return value
+        values = [v.strip() for v in value.split("|") if v.strip()]
+        if info.field_name == "hidden_sizes":
+            return tuple(TrainingSettings._split_sizes(v) for v in values)
+        return tuple(values)
+
+    def candidates(self, training: TrainingSettings) -> list[TrainingSettings]:
+        """Every combination of the values given, each applied to `training`; just `training` when none is given."""
+        axes = {key: values for key, values in self if values}
+        return [TrainingSettings.model_validate({**training.model_dump(), **dict(zip(axes, combo))})
+                for combo in product(*axes.values())]
+
+
+class EvaluationSettings(_Section):
+    slice_columns: tuple[str, ...] = ()
+    slice_bins: int = Field(4, ge=2, le=20)
+    min_slice_rows: int = Field(10, ge=1)
+
+    @field_validator("slice_columns", mode="before")
+    @classmethod
+    def _split_columns(cls, value):
+        return tuple(p.strip() for p in value.split(",") if p.strip()) if isinstance(value, str) else value
 
 
 class PathsSettings(_Section):
@@ -111,6 +153,7 @@ class GatesSettings(_Section):
     min_score: float = Field(0.95, ge=0, le=1, validation_alias=AliasChoices("min_score", "min_accuracy"))
     max_regression: float = Field(0.005, ge=0, le=1)
     min_lift: float = Field(0.005, ge=0, le=1)
+    min_robust_accuracy: float = Field(0.0, ge=0, le=1)
 
 
 class ExportSettings(_Section):
@@ -189,6 +232,8 @@ class Settings(_Section):
     data: DataSettings = DataSettings()
     validation: ValidationSettings = ValidationSettings()
     training: TrainingSettings = TrainingSettings()
+    search: SearchSettings = SearchSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
     paths: PathsSettings = PathsSettings()
     tracking: TrackingSettings = TrackingSettings()
     registry: RegistrySettings = RegistrySettings()

@@ -76,18 +76,22 @@ def build_settings(settings: Settings) -> dict[str, dict]:
     return {section: settings[section].model_dump(mode="json") for section in BUILD_SECTIONS}
 
 
-def start_training_run(*, params: dict, data_hash: str, settings: Settings | None = None) -> str:
-    """Open the run that will hold one trained model: params (as they are), data hash, provenance and the effective
-    build settings; returns its id."""
+def start_training_run(*, params: dict, data_hash: str, settings: Settings | None = None, name: str = "train",
+                       parent_run_id: str | None = None) -> str:
+    """Open the run that will hold one trained model (or a search over several: `name` "search", each candidate's
+    run with its `parent_run_id`): params (as they are), data hash, provenance and the effective build settings;
+    returns its id."""
     import mlflow
 
     settings = settings or load_settings()
     connect(settings)
     tags = {**provenance(settings.root), "mlops_nb.data_sha256": data_hash,
             BUILD_SETTINGS_TAG: json.dumps(build_settings(settings), sort_keys=True)}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id  # what mlflow.start_run(nested=True) sets: the UI groups them
     with mlflow.start_run(tags=tags) as run:
         # task name plus short run id: distinct in MLflow's UI, unlike the generated names (seeded `random`)
-        mlflow.set_tag("mlflow.runName", f"train-{run.info.run_id[:8]}")
+        mlflow.set_tag("mlflow.runName", f"{name}-{run.info.run_id[:8]}")
         mlflow.log_params({**params, "data_sha256": data_hash})
         return run.info.run_id
 

@@ -55,8 +55,9 @@ def test_a_stale_export_stops_the_build_before_any_task(tmp_path):
 def _add_label_smoothing(root):
     """A new hyperparameter, as a data scientist adds one: settings.ini, settings.py, its use in train_model."""
     settings_ini = root / "settings.ini"
-    settings_ini.write_text(settings_ini.read_text().replace("dropout = 0.1\n",
-                                                             "dropout = 0.1\nlabel_smoothing = 0.1\n"))
+    settings_ini.write_text(settings_ini.read_text().replace("torch_threads = 1\n",
+                                                             "torch_threads = 1\nlabel_smoothing = 0.1\n"))
+    assert "label_smoothing = 0.1" in settings_ini.read_text()
     settings_py = root / "mlops_nb/settings.py"
     settings_py.write_text(settings_py.read_text().replace(
         "    torch_threads: int = Field(1, ge=1)\n",

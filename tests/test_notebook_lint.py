@@ -30,6 +30,11 @@ EXPECTED = {
     # make_classification, np.random.randn, train_test_split, RF alias, KFold(shuffle=True), default_rng()
     "nb401_unseeded_numpy_sklearn.ipynb": [("NB401", 3), ("NB401", 4), ("NB401", 5), ("NB401", 6), ("NB401", 7),
                                            ("NB401", 8)],
+    # an imputer, a scaler and an encoder fitted on every row before train_test_split; not the scaler after it
+    "nb402_scaler_fitted_before_split.ipynb": [("NB402", 3), ("NB402", 4), ("NB402", 4)],
+    # a TfidfVectorizer (aliased) and a PCA fitted before a project's split_indices
+    "nb402_vectorizer_and_pca_before_split.ipynb": [("NB402", 2), ("NB402", 2)],
+    "clean_fit_after_split.ipynb": [],
     # random.shuffle + random.sample, torch.randn + torch.rand, npr.choice; after torch.manual_seed all is fine
     "nb401_unseeded_torch_random.ipynb": [("NB401", 2), ("NB401", 2), ("NB401", 3), ("NB401", 3), ("NB401", 4)],
     # /home/..., C:\Users\..., ~/..., f"/Users/..."; not the markdown, the docstring or the https URL

@@ -1,9 +1,11 @@
 """The whole DAG, run for real (papermill kernels, sqlite MLflow, BentoML) on a copy of the project."""
 
 import json
+import re
 import subprocess
 
 import nbformat
+import numpy as np
 import pandas as pd
 import torch
 from conftest import TEST_EPOCHS, copy_project, ran_tasks, run_build
@@ -18,7 +20,8 @@ TASK_PRODUCTS = {
     "snapshot": ["01_snapshot.ipynb", "snapshot/manifest.json", "snapshot/split.json"],
     "validate": ["02_validate.ipynb", "validate/report.json"],
     "train": ["03_train.ipynb", "train/model.pt", "train/run.json"],
-    "evaluate": ["04_evaluate.ipynb", "evaluate/metrics.json", "evaluate/confusion_matrix.png"],
+    "evaluate": ["04_evaluate.ipynb", "evaluate/metrics.json", "evaluate/confusion_matrix.png",
+                 "evaluate/misclassified.csv", "evaluate/slices.csv"],
     "export": ["05_export_onnx.ipynb", "export/model.onnx", "export/model.int8.onnx", "export/export.json"],
     "register": ["06_register.ipynb", "register/registration.json"],
     "bento": ["07_bento.ipynb", "bento/bento.json"],
@@ -92,6 +95,18 @@ def test_a_model_failing_its_gates_is_registered_but_the_old_champion_keeps_serv
     assert "FAIL test accuracy" in str(executed.cells)
 
 
+def test_robustness_is_measured_monotone_and_gates_promotion_when_required(built_project):
+    robust = read_json(built_project / "products/evaluate/metrics.json")["robustness"]
+    assert robust["noise_0.1"] >= robust["noise_0.5"] >= robust["noise_1.0"]
+    assert robust["fgsm_0.1"] >= robust["fgsm_0.3"] and robust["missing_feature_worst"] <= robust["missing_feature_mean"]
+    card = read_json(built_project / "products/register/registration.json")["card"]
+    assert card["robustness"] == robust
+    run_build(built_project, MLOPS_NB_GATES_MIN_ROBUST_ACCURACY=str(min(robust.values()) + 0.01))
+    registration = read_json(built_project / "products/register/registration.json")
+    assert registration["promoted"] is False
+    assert f"robust accuracy {min(robust.values()):.4f} < min_robust_accuracy" in registration["reason"]
+
+
 def test_a_forced_rebuild_reproduces_weights_and_metrics_bit_for_bit(built_project):
     products = built_project / "products"
     first = read_json(products / "train/run.json"), read_json(products / "evaluate/metrics.json")
@@ -138,6 +153,54 @@ def test_failed_task_leaves_nothing_that_looks_finished(tmp_path):
     table.to_csv(root / "data/table.csv", index=False)
     assert ran_tasks(run_build(root, "--partially", "validate")) == {"snapshot", "validate"}
     assert json.loads(report.read_text())["rows"] == 1797
+
+
+def test_a_search_selects_on_validation_trains_only_new_candidates_and_the_test_split_is_read_by_the_winner(
+        tmp_path):
+    root = copy_project(tmp_path / "project", commit=False)
+    grid = "0.002 | 0.001 | 0.004 | 0.0005"
+    run_build(root, "--partially", "evaluate", MLOPS_NB_SEARCH_LEARNING_RATE=grid)
+    run = read_json(root / "products/train/run.json")
+    scores = [c["val_accuracy"] for c in run["candidates"]]
+    assert [c["trained"] for c in run["candidates"]] == [True] * 4
+    assert run["config"]["learning_rate"] == [0.002, 0.001, 0.004, 0.0005][scores.index(max(scores))]
+    client = connect(load_settings(root, environ={}))
+    winner = client.get_run(run["run_id"])
+    search = client.get_run(winner.data.tags["mlflow.parentRunId"])
+    assert search.data.tags["mlops_nb.winner_run_id"] == run["run_id"] and search.data.params["candidates"] == "4"
+    for candidate in run["candidates"]:  # every candidate a child run with its validation curve; test figures:
+        child = client.get_run(candidate["run_id"])  # the winner's only, logged by evaluate after the selection
+        assert child.data.tags["mlflow.parentRunId"] == search.info.run_id
+        assert child.data.metrics["val_accuracy"] == candidate["val_accuracy"]
+        assert ("test_accuracy" in child.data.metrics) is (candidate["run_id"] == run["run_id"])
+
+    run_build(root, "--partially", "evaluate", MLOPS_NB_SEARCH_LEARNING_RATE=grid + " | 0.003")
+    again = read_json(root / "products/train/run.json")
+    assert [c["trained"] for c in again["candidates"]] == [False] * 4 + [True]  # one value more: one candidate more
+    assert [c["val_accuracy"] for c in again["candidates"][:4]] == scores
+
+
+def test_leakage_stops_validation_unless_settings_allow_it(tmp_path):
+    root = copy_project(tmp_path / "project", commit=False)
+    settings = root / "settings.ini"
+    settings.write_text(settings.read_text().replace("source = digits", "source = data/table.csv"))
+    (root / "data").mkdir()
+    table = load_source("digits")
+    table["order_id"] = table["target"] * 10_000 + np.arange(len(table))  # the label in disguise
+    table = pd.concat([table, table.iloc[:40]], ignore_index=True)  # 40 rows twice: some land in two splits
+    table.to_csv(root / "data/table.csv", index=False)
+    result = run_build(root, "--partially", "validate", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "leakage check failed" in output
+    assert "feature 'order_id' alone predicts 'target' with balanced accuracy 1.0000" in output
+    assert re.search(r"\d+ validation and \d+ test rows repeat the feature values of a row in an earlier split", output)
+    assert not (root / "products/validate/report.json").exists()
+
+    run_build(root, "--partially", "validate", MLOPS_NB_VALIDATION_DUPLICATE_ROWS="warn",
+              MLOPS_NB_VALIDATION_TARGET_LEAK="warn")
+    leakage = read_json(root / "products/validate/report.json")["leakage"]
+    assert leakage["best_single_feature"]["column"] == "order_id" and len(leakage["warnings"]) == 2
+    assert 0 < leakage["duplicates"]["val"] + leakage["duplicates"]["test"] <= 40
 
 
 def test_a_quick_run_whose_model_fails_the_gates_completes_without_a_bento(tmp_path):

@@ -32,6 +32,15 @@ def test_gates(score, champion_score, baselines, passed, failed_gate):
         assert f"(lift {score - baselines[best]:+.4f})" in result.reason
 
 
+@pytest.mark.parametrize("robust, required, passed", [(0.80, 0.0, True), (0.80, 0.75, True), (0.80, 0.85, False),
+                                                      (None, 0.85, False)])
+def test_the_robustness_gate_is_off_by_default_and_blocks_when_set_above_the_figure(robust, required, passed):
+    result = evaluate_gates(0.97, None, None, robust, min_score=0.95, max_regression=0.01,
+                            min_robust_accuracy=required)
+    assert result.passed is passed and ("min_robust_accuracy" in result.reason) is not passed
+    assert [c["gate"] for c in result.checks] == ["min_score"] + (["min_robust_accuracy"] if required else [])
+
+
 def test_failed_gate_keeps_the_old_champion_and_says_why(registry):
     settings, onnx_path = registry
     v1, first = register(settings, onnx_path, 0.95)

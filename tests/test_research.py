@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from mlops_nb.research.data import frame_sha256, load_source, read_snapshot, split_indices, write_snapshot
-from mlops_nb.research.evaluate import classification_metrics
-from mlops_nb.research.model import Standardizer, load_model, save_model, train_model, weights_sha256
-from mlops_nb.research.validate import DataValidationError, feature_profile, validate_frame
+from mlops_nb.research.evaluate import classification_metrics, misclassified_rows, permutation_importance, slice_metrics
+from mlops_nb.research.model import Standardizer, load_model, predict_proba, save_model, train_model, weights_sha256
+from mlops_nb.research.validate import DataValidationError, feature_profile, leakage_checks, validate_frame
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +97,45 @@ def test_metrics_match_a_hand_computed_case():
     assert m["accuracy"] == 0.75
     assert m["log_loss"] == pytest.approx(-np.mean(np.log([0.8, 0.7, 0.4, 0.9])))
 
+
+
+def test_digits_has_no_leakage_between_its_splits(digits):
+    split = split_indices(digits["target"].to_numpy(), val_fraction=0.15, test_fraction=0.15, seed=42)
+    found = leakage_checks(digits, split, target="target", duplicate_rows="error", target_leak="error",
+                           max_single_feature_score=0.98)
+    assert found["duplicates"] == {"val": 0, "test": 0} and found["warnings"] == []
+    assert found["best_single_feature"]["balanced_accuracy"] < 0.5  # no pixel tells the digit on its own
+
+
+def test_error_analysis_ranks_a_corrupted_slice_first(digits):
+    """A scanner column (0-3) whose scanner 3 rows have random labels, in every split: the model cannot learn them."""
+    rng = np.random.default_rng(0)
+    frame = digits.assign(scanner=rng.integers(0, 4, len(digits)))
+    broken = frame["scanner"] == 3
+    frame.loc[broken, "target"] = rng.integers(0, 10, int(broken.sum()))
+    features = frame.drop(columns="target")
+    split = split_indices(frame["target"].to_numpy(), val_fraction=0.15, test_fraction=0.15, seed=42)
+    standardizer = Standardizer.fit(features.iloc[split["train"]].to_numpy())
+    x = {s: standardizer.transform(features.iloc[split[s]].to_numpy()) for s in split}
+    y = {s: frame["target"].to_numpy()[split[s]] for s in split}
+    model, _ = train_model(x["train"], y["train"], x["val"], y["val"], hidden_sizes=(64,), dropout=0.1, epochs=15,
+                           batch_size=64, learning_rate=0.005, weight_decay=0.0, seed=0)
+    probabilities = predict_proba(model, x["test"])
+    slices = slice_metrics(features.iloc[split["test"]], y["test"], probabilities.argmax(1), list(range(10)),
+                           slice_columns=["scanner"])
+    print(slices.head(3).to_string(index=False))
+    assert slices["slice"].iloc[0] == "scanner = 3" and slices["accuracy"].iloc[0] < 0.5
+    wrong = misclassified_rows(split["test"], y["test"], probabilities, list(range(10)))
+    assert broken.iloc[wrong["row_id"]].mean() > 0.5  # most misclassified rows come from the corrupted slice
+
+
+def test_permutation_importance_ranks_the_two_features_that_carry_the_signal_first():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(900, 8)).astype(np.float32)
+    labels = (features[:, 2] - features[:, 5] > 0).astype(int)  # only features 2 and 5 matter
+    standardizer = Standardizer.fit(features[:600])
+    model, _ = train_model(standardizer.transform(features[:600]), labels[:600], standardizer.transform(features[600:]),
+                           labels[600:], hidden_sizes=(32,), dropout=0.0, epochs=30, batch_size=32,
+                           learning_rate=0.01, weight_decay=0.0, seed=0)
+    lost = permutation_importance(model, standardizer, features[600:], labels[600:], seed=0)
+    assert sorted(np.argsort(-lost)[:2]) == [2, 5] and min(lost[2], lost[5]) > 5 * max(np.delete(lost, [2, 5]))

@@ -20,6 +20,7 @@ from mlops_nb.registry import champion
 from mlops_nb.research.data import read_snapshot
 from mlops_nb.research.model import load_model, predict_proba, weights_sha256
 from mlops_nb.serving.bento import CARD, served
+from mlops_nb.serving.scoring import occlusion
 from mlops_nb.settings import load_settings
 
 ROW = [0.0] * 64
@@ -123,9 +124,10 @@ def test_health_readiness_and_the_projects_prometheus_metrics(server):
     ({}, "instances", "required"),
     ([ROW], "(body)", "must be a JSON object"),
 ])
-def test_bad_input_gets_a_400_naming_the_field(server, body, field, reason):
+@pytest.mark.parametrize("route", ["/predict", "/explain"])
+def test_bad_input_gets_a_400_naming_the_field(server, body, field, reason, route):
     url, _, _ = server
-    response = httpx.post(f"{url}/predict", json=body, timeout=30)
+    response = httpx.post(f"{url}{route}", json=body, timeout=30)
     assert response.status_code == 400, response.text
     error = response.json()
     assert error["error"] == "invalid_input" and error["errors"][0]["field"] == field
@@ -146,6 +148,26 @@ def test_malformed_wrong_type_and_oversized_bodies_get_a_4xx_with_the_reason(ser
                           timeout=30)
     assert response.status_code == status, response.text
     assert expected in response.json()["message"]
+
+
+def test_explain_attributes_each_answer_as_the_in_process_occlusion_does(server, built_project, bento_model,
+                                                                          test_split):
+    url, _, _ = server
+    card, session = bento_model
+    rows = test_split[0][:50]
+    response = httpx.post(f"{url}/explain", json={"instances": rows.tolist()}, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    served = np.array([p["attributions"] for p in body["predictions"]])
+    _, expected = occlusion(lambda x: onnx_predict(session, x), rows, np.float32(card["feature_mean"]))
+    assert body["features"] == card["features"] and served.shape == (50, 64)
+    assert np.abs(served - expected).max() <= 1e-6
+    labels = [p["label"] for p in predict(url, rows.tolist()).json()["predictions"]]
+    assert [p["label"] for p in body["predictions"]] == labels
+    profile = read_json(built_project / "products/validate/report.json")["profile"]["features"]
+    constant = [i for i, name in enumerate(card["features"]) if profile[name]["std"] == 0]
+    assert constant and np.all(served[:, constant] == 0)  # constant in training (digits' corner pixels): 0
+    print(json.dumps({**body, "predictions": body["predictions"][:1]})[:1500])
 
 
 def test_other_methods_get_405(server):
@@ -195,11 +217,13 @@ def test_an_api_key_is_required_when_set_and_compared_for_the_exact_value(built_
         assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
         assert "API key" in wrong.json()["message"]
         assert httpx.get(f"{url}/model/metadata", timeout=10).status_code == 401
+        assert httpx.post(f"{url}/explain", json={"instances": [ROW]}, timeout=10).status_code == 401
         assert predict(url, [ROW], headers={"authorization": "Bearer s3cret-key"}).status_code == 200
         assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
         assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
         spec = httpx.get(f"{url}/docs.json", timeout=10).json()
-        assert spec["paths"]["/predict"]["post"]["security"] == [{"apiKey": []}]
+        assert spec["paths"]["/predict"]["post"]["security"] == spec["paths"]["/explain"]["post"]["security"] == [
+            {"apiKey": []}]
 
 
 def test_an_unwritable_prediction_log_drops_records_never_requests(built_project, tmp_path):

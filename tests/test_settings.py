@@ -35,7 +35,7 @@ def test_environment_overrides_a_key(tmp_path):
     ("[serving]\ndevice = tpu\n", "[serving] device = 'tpu': Input should be 'auto', 'cpu' or 'cuda'"),
     ("[training]\nhidden_sizes = 128,x\n", "[training] hidden_sizes = '128,x': expected comma-separated positive"),
     ("[training]\nepoch = 3\n", "[training] epoch: unknown key; allowed keys: batch_size, dropout, epochs"),
-    ("[trainig]\nepochs = 3\n", "[trainig]: unknown key; allowed keys: data, export, gates"),
+    ("[trainig]\nepochs = 3\n", "[trainig]: unknown key; allowed keys: data, evaluation, export, gates"),
     ("[validation]\nmax_missing_fraction = 1.5\n",
      "[validation] max_missing_fraction = '1.5': Input should be less than 1"),
     ("[registry]\nmodel_name = has space\n", "[registry] model_name = 'has space': String should match pattern"),
@@ -95,3 +95,13 @@ def test_the_gate_floor_keeps_its_old_name_and_the_metric_is_checked(tmp_path):
     assert load_settings(write(tmp_path, "[gates]\nmin_accuracy = 0.9\n"), environ={}).gates.min_score == 0.9
     with pytest.raises(SettingsError, match=r"\[gates\] metric = 'f1'"):
         load_settings(write(tmp_path, "[gates]\nmetric = f1\n"), environ={})
+
+
+def test_a_search_grid_is_the_product_of_its_values_validated_as_training_settings(tmp_path):
+    s = load_settings(write(tmp_path, "[search]\nhidden_sizes = 64 | 32,16\nlearning_rate = 0.01|0.001\n"), environ={})
+    assert [(c.hidden_sizes, c.learning_rate) for c in s.search.candidates(s.training)] == [
+        ((64,), 0.01), ((64,), 0.001), ((32, 16), 0.01), ((32, 16), 0.001)]
+    assert load_settings(write(tmp_path, ""), environ={}).search.candidates(s.training) == [s.training]
+    bad = load_settings(write(tmp_path, "[search]\ndropout = 0.1 | 1.5\n"), environ={})
+    with pytest.raises(ValueError, match="dropout"):
+        bad.search.candidates(bad.training)

@@ -1,6 +1,6 @@
 """The project's HTTP front: an ASGI layer outside BentoML's app, doing only what a request needs."""
 
-# `POST /predict` is parsed with orjson, validated as a whole array, scored inline by ONNX Runtime (microseconds
+# `POST /predict` (and `POST /explain`, through the same checks) is parsed with orjson, validated as a whole array, scored inline by ONNX Runtime (microseconds
 # for a small model) or through the in-process batcher, answered, and handed to the prediction log's queue.
 # BentoML's own per-request middlewares (access log, tracing, its traffic metrics) are skipped on these routes;
 # every other path (`/healthz`, `/readyz`, `/metrics`, `/schema.json`, ...) goes to BentoML's app unchanged.
@@ -56,7 +56,8 @@ class Endpoint:
         self.api_key: bytes | None = None
         self.openapi = openapi
         self.in_flight = 0
-        self.routes = {"/predict": self.predict, "/model/metadata": self.metadata, "/docs.json": self.docs}
+        self.routes = {"/predict": self.predict, "/explain": self.explain, "/model/metadata": self.metadata,
+                       "/docs.json": self.docs}
 
     async def __call__(self, scope, receive, send) -> None:
         route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
@@ -110,6 +111,13 @@ class Endpoint:
         return b"".join(chunks)
 
     async def predict(self, scope, receive, request_id: str) -> tuple:
+        return await self._admitted(scope, receive, request_id, self._predict)
+
+    async def explain(self, scope, receive, request_id: str) -> tuple:
+        return await self._admitted(scope, receive, request_id, self._explain)
+
+    async def _admitted(self, scope, receive, request_id: str, handler) -> tuple:
+        """Run a scoring route's `handler` past the checks every one shares: method, readiness, key, back-pressure."""
         if refused := self._refuse(scope, "POST"):
             return refused
         if self.in_flight >= self.settings.max_in_flight:
@@ -120,29 +128,36 @@ class Endpoint:
                     [(b"retry-after", b"1")])
         self.in_flight += 1
         try:
-            status, body = await self._predict(scope, receive, request_id)
+            status, body = await handler(scope, receive, request_id)
             return status, body, []
         finally:
             self.in_flight -= 1
 
-    async def _predict(self, scope, receive, request_id: str) -> tuple:
-        started = time.perf_counter()
+    async def _validated(self, scope, receive, request_id: str) -> tuple:
+        """(rows, features) of a valid request body, or (None, error answer): media type, size, JSON, contract."""
         content_type = dict(scope["headers"]).get(b"content-type", b"application/json")
         if not content_type.startswith(b"application/json"):
-            return _error(415, "unsupported_media_type", "send the body as application/json", request_id=request_id)
+            return None, _error(415, "unsupported_media_type", "send the body as application/json",
+                                request_id=request_id)
         body = await self._body(scope, receive)
         if body is None:
-            return _error(413, "too_large", f"the body is larger than {self.settings.max_body_bytes} bytes "
-                                            "([serving] max_body_bytes)", request_id=request_id)
+            return None, _error(413, "too_large", f"the body is larger than {self.settings.max_body_bytes} bytes "
+                                                  "([serving] max_body_bytes)", request_id=request_id)
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as error:
-            return _error(400, "invalid_json", f"the body is not valid JSON: {error}", request_id=request_id)
+            return None, _error(400, "invalid_json", f"the body is not valid JSON: {error}", request_id=request_id)
         try:
             rows = self._rows(payload)
-            features = self.core.validate(rows, numbers_only=_numbers_only(body))
+            return rows, self.core.validate(rows, numbers_only=_numbers_only(body))
         except InvalidInput as invalid:
-            return _error(400, "invalid_input", str(invalid), invalid.errors, request_id)
+            return None, _error(400, "invalid_input", str(invalid), invalid.errors, request_id)
+
+    async def _predict(self, scope, receive, request_id: str) -> tuple:
+        started = time.perf_counter()
+        rows, features = await self._validated(scope, receive, request_id)
+        if rows is None:
+            return features
         probabilities = await self.batcher.score(features) if self.batcher else self.core.score(features)
         if self.log:
             self.log.put(self.core.record(rows, probabilities, request_id, started))
@@ -151,6 +166,16 @@ class Endpoint:
         if self.metrics:
             self.metrics.rows.inc(len(rows))
         return 200, orjson.dumps(self.core.answer(probabilities, request_id), option=ORJSON)
+
+    async def _explain(self, scope, receive, request_id: str) -> tuple:
+        rows, features = await self._validated(scope, receive, request_id)
+        if rows is None:
+            return features
+        if not self.core.card.feature_mean:
+            return _error(501, "not_available", f"version {self.core.card.model_version}'s model card has no training "
+                                                "means (registered before /explain existed): register it again",
+                          request_id=request_id)
+        return 200, orjson.dumps(self.core.explain(features, request_id), option=ORJSON)
 
     @staticmethod
     def _rows(payload) -> list:

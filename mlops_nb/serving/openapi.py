@@ -21,13 +21,14 @@ ERROR = {"type": "object", "required": ["error", "message"], "properties": {
 def _errors(*codes: int) -> dict:
     words = {400: "invalid JSON or rows (the field is named)", 401: "missing or wrong API key",
              413: "body larger than [serving] max_body_bytes", 415: "body not sent as application/json",
+             501: "this version's model card has no training means (registered before /explain existed)",
              503: "overloaded or still loading: retry after Retry-After seconds"}
     return {str(code): {"description": words[code], "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/Error"}}}} for code in codes}
 
 
 def openapi_document(card: ModelCard, *, max_rows: int, api_key: bool, title: str) -> dict:
-    """OpenAPI 3.0 for `POST /predict` and `GET /model/metadata` of `card`'s model."""
+    """OpenAPI 3.0 for `POST /predict`, `POST /explain` and `GET /model/metadata` of `card`'s model."""
     row = {"type": "array", "minItems": card.n_features, "maxItems": card.n_features,
            "description": f"raw values of the {card.n_features} features, in order: {', '.join(card.features[:8])}"
                           + (", ..." if card.n_features > 8 else ""),
@@ -43,6 +44,16 @@ def openapi_document(card: ModelCard, *, max_rows: int, api_key: bool, title: st
                             "probabilities": {"type": "array", "items": {"type": "number"}}}}},
                     "model_name": {"type": "string"}, "model_version": {"type": "string", "nullable": True},
                     "request_id": {"type": "string"}}}
+    prediction = response["properties"]["predictions"]["items"]
+    explained = {"type": "object", "required": [*response["required"], "features", "method"], "properties": {
+        **response["properties"],
+        "predictions": {"type": "array", "items": {**prediction, "required": [*prediction["required"], "attributions"],
+                                                   "properties": {**prediction["properties"], "attributions": {
+                                                       "type": "array", "items": {"type": "number"},
+                                                       "minItems": card.n_features, "maxItems": card.n_features,
+                                                       "description": "per feature, in the order of `features`"}}}},
+        "features": {"type": "array", "items": {"type": "string"}},
+        "method": {"type": "string"}}}
     secured = [{"apiKey": []}] if api_key else []
     protected = (401,) if api_key else ()
     return {
@@ -57,6 +68,16 @@ def openapi_document(card: ModelCard, *, max_rows: int, api_key: bool, title: st
                 "responses": {"200": {"description": "a label and class probabilities per row", "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}}}},
                     **_errors(400, *protected, 413, 415, 503)}}},
+            "/explain": {"post": {
+                "operationId": "explain", "security": secured,
+                "summary": "classify rows and attribute each answer to the features (occlusion against the training "
+                           "mean, one batched ONNX call)",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/PredictRequest"}}}},
+                "responses": {"200": {"description": "a label, class probabilities and per-feature attributions per "
+                                                     "row", "content": {"application/json": {
+                                                         "schema": {"$ref": "#/components/schemas/ExplainResponse"}}}},
+                              **_errors(400, *protected, 413, 415, 501, 503)}}},
             "/model/metadata": {"get": {
                 "operationId": "metadata", "summary": "the model card and the ONNX Runtime provider in use",
                 "security": secured,
@@ -65,6 +86,7 @@ def openapi_document(card: ModelCard, *, max_rows: int, api_key: bool, title: st
                                                     "properties": {"model_name": {"type": "string"},
                                                                    "provider": {"type": "string"}}}}}},
                     **_errors(*protected, 503)}}}},
-        "components": {"schemas": {"PredictRequest": request, "PredictResponse": response, "Error": ERROR},
+        "components": {"schemas": {"PredictRequest": request, "PredictResponse": response,
+                                   "ExplainResponse": explained, "Error": ERROR},
                        **({"securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}}} if api_key else {})},
     }

@@ -11,9 +11,11 @@ import numpy as np
 
 from mlops_nb.contracts import PREDICTION_LOG_SCHEMA, ModelCard
 
-__all__ = ["RowError", "InvalidInput", "validate_rows", "row_reasons", "ScoringCore"]
+__all__ = ["RowError", "InvalidInput", "validate_rows", "row_reasons", "occlusion", "ScoringCore"]
 
 MAX_REASONS = 20  # per-row reasons returned for one request
+EXPLAIN_METHOD = ("occlusion: the predicted class's probability minus its probability with that feature set to its "
+                  "training mean")
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,18 @@ def validate_rows(rows, *, n_features: int, low: float, high: float, max_rows: i
     return np.asarray(rows, dtype=np.float32)
 
 
+def occlusion(score, features: np.ndarray, baseline: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities of raw rows and, per row and feature, how much the predicted class's probability drops
+    when that feature alone takes its `baseline` value (the training mean): one batched call of `score`."""
+    rows, width = features.shape
+    batch = np.repeat(features[:, None, :], width + 1, axis=1)  # per row: itself, then one copy per feature
+    batch[:, np.arange(width) + 1, np.arange(width)] = baseline
+    probabilities = score(batch.reshape(-1, width)).reshape(rows, width + 1, -1)
+    predicted = probabilities[:, 0].argmax(axis=1)
+    kept = probabilities[np.arange(rows), :, predicted]
+    return probabilities[:, 0], kept[:, :1] - kept[:, 1:]
+
+
 class ScoringCore:
     """One model version, loaded once per process: validates, scores and answers; routes are codecs over it."""
 
@@ -134,6 +148,14 @@ class ScoringCore:
     def score(self, features: np.ndarray) -> np.ndarray:
         """Class probabilities for validated raw rows (float32)."""
         return self.session.run(self.output_names, {self.input_name: features})[0]
+
+    def explain(self, features: np.ndarray, request_id: str) -> dict:
+        """The answer for validated raw rows with per-feature attributions (`occlusion` against the training mean)."""
+        probabilities, attributions = occlusion(self.score, features, np.asarray(self.card.feature_mean, np.float32))
+        answer = self.answer(probabilities, request_id)
+        for prediction, row in zip(answer["predictions"], attributions):
+            prediction["attributions"] = row
+        return {**answer, "features": self.card.features, "method": EXPLAIN_METHOD}
 
     def answer(self, probabilities: np.ndarray, request_id: str) -> dict:
         """The response body: a label and probabilities per row, the model's name and version, the request id."""
