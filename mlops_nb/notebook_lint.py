@@ -431,28 +431,40 @@ def _unseeded(parsed):
 _PREPROCESSING = ("sklearn.preprocessing.", "sklearn.impute.", "sklearn.feature_extraction.",
                   "sklearn.decomposition.", "sklearn.feature_selection.")
 _SPLITS = ("train_test_split", "split_indices")  # what a research notebook calls to split rows
+_STATELESS = ("LabelEncoder", "FunctionTransformer", "PolynomialFeatures")  # learn nothing from the rows' values
 
 
 def _fitted_before_split(parsed):
     """Preprocessing fitted on all rows, before the first split: its statistics include the test rows."""
     aliases = _aliases(c.tree for c in parsed.values() if c.tree)
     prepared, fits = set(), []  # names bound to a preprocessing object; fits seen before any split
+
+    def learns(call: ast.expr) -> bool:
+        name = _qualname(call.func, aliases) if isinstance(call, ast.Call) else ""
+        return name.startswith(_PREPROCESSING) and name.rpartition(".")[2] not in _STATELESS
+
+    def fitted(node: ast.Call, i: int, code: _Code) -> None:
+        if not (isinstance(node.func, ast.Attribute) and node.func.attr in ("fit", "fit_transform")):
+            return
+        owner = node.func.value
+        if (isinstance(owner, ast.Name) and owner.id in prepared) or learns(owner):
+            fits.append(("NB402", i, f"{ast.unparse(node.func)}(...) learns statistics from every row, the test rows "
+                         "included, before they are split off", f"line {node.lineno}: {code.line(node.lineno)}",
+                         "split first, then fit on the training rows only (or put it in a Pipeline fitted on the "
+                         "training split)"))
+
     for i, code in parsed.items():
         for node in _sorted(code.tree, (ast.Assign, ast.Call)) if code.tree else []:
             if isinstance(node, ast.Assign):
-                if isinstance(node.value, ast.Call) and _qualname(node.value.func, aliases).startswith(_PREPROCESSING):
-                    prepared |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+                targets = {t.id for t in node.targets if isinstance(t, ast.Name)}
+                prepared = (prepared | targets) if learns(node.value) else (prepared - targets)
             elif _qualname(node.func, aliases).rpartition(".")[2] in _SPLITS:
+                for inner in _sorted(node, ast.Call):  # split(scaler.fit_transform(X), y): fitted before the split
+                    fitted(inner, i, code)
                 yield from fits
                 return
-            elif isinstance(node.func, ast.Attribute) and node.func.attr in ("fit", "fit_transform"):
-                owner = node.func.value
-                if (isinstance(owner, ast.Name) and owner.id in prepared) or (isinstance(owner, ast.Call) and _qualname(
-                        owner.func, aliases).startswith(_PREPROCESSING)):
-                    fits.append(("NB402", i, f"{ast.unparse(node.func)}(...) learns statistics from every row, the "
-                                 "test rows included, before they are split off", f"line {node.lineno}: "
-                                 f"{code.line(node.lineno)}", "split first, then fit on the training rows only (or "
-                                 "put it in a Pipeline fitted on the training split)"))
+            else:
+                fitted(node, i, code)
 
 
 _PATH = re.compile(r"^(/[\w.@+-]+/|~[\w.-]*[/\\]|[A-Za-z]:[\\/])")
@@ -546,7 +558,8 @@ def lint_notebook(path) -> list[Finding]:
     python = (language or "python").lower() == "python"
     parsed = {i: _parse(c.source) for i, c in enumerate(nb.cells) if c.cell_type == "code"} if python else {}
     checks = [_parameters(nb), _execution_order(nb), _large_outputs(nb, path), _syntax(parsed),
-              _hidden_state(parsed), _unseeded(parsed), _fitted_before_split(parsed), _paths(nb, parsed), _secrets(nb, parsed),
+              _hidden_state(parsed), _unseeded(parsed), _fitted_before_split(parsed), _paths(nb, parsed),
+              _secrets(nb, parsed),
               _export_uses_scratch(nb, parsed)]
     ignored = set(nb.metadata.get("mlops_nb", {}).get("lint", {}).get("ignore", []))
     findings = [Finding(rule, RULES[rule][0], str(path), cell, message, evidence, fix)

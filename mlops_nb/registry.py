@@ -15,8 +15,8 @@ from mlops_nb.ledger import Entry, append, entries
 from mlops_nb.settings import GatesSettings, Settings, load_settings
 from mlops_nb.tracking import connect, resume_run
 
-__all__ = ["GateResult", "RegistryError", "evaluate_gates", "gate", "register_onnx", "champion", "champion_card",
-           "version_card", "apply_gates", "promote", "rollback", "download_version", "fetch_version", "CHAMPION",
+__all__ = ["GateResult", "RegistryError", "evaluate_gates", "gate", "gate_score", "register_onnx", "champion",
+           "champion_card", "version_card", "apply_gates", "promote", "rollback", "download_version", "fetch_version", "CHAMPION",
            "CHALLENGER", "CARD_FILE", "EXTRA_FILES", "REFERENCE_PROFILE"]
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -68,15 +68,30 @@ def evaluate_gates(score: float, champion_score: float | None, baselines: dict[s
     return GateResult(passed=all(c["passed"] for c in checks), checks=checks)
 
 
-def gate(card: ModelCard, current: ModelCard | None, gates: GatesSettings) -> GateResult:
-    """The one gates function (promotion, compare, canary and monitoring use it): `card`'s [gates] metric against
-    the floor, the current champion's figure on the same metric, and the best baseline on the card."""
-    score = card.score(gates.metric)
+def gate_score(card: ModelCard, metric: str) -> float:
+    """`card`'s test figure on `metric`; `RegistryError` when it has none (the register step checks before it
+    registers anything)."""
+    score = card.score(metric)
     if score is None:
-        raise RegistryError(f"[gates] metric = {gates.metric}: version {card.model_version}'s card has no such test "
+        raise RegistryError(f"[gates] metric = {metric}: version {card.model_version}'s card has no such test "
                             "figure (roc_auc needs two classes; older cards hold accuracy only)")
-    return evaluate_gates(score, current.score(gates.metric) if current else None,
-                          card.baseline_scores(gates.metric) or None, card.robust_accuracy, **gates)
+    return score
+
+
+def gate(card: ModelCard, current: ModelCard | None, gates: GatesSettings) -> GateResult:
+    """The one gates function (promote and the register step use it): `card`'s [gates] metric against the floor,
+    the current champion's figure on the same metric, and the best baseline on the card. A champion without that
+    figure is a failed check, never a skipped one."""
+    champion_score = current.score(gates.metric) if current else None
+    result = evaluate_gates(gate_score(card, gates.metric), champion_score, card.baseline_scores(gates.metric) or None,
+                            card.robust_accuracy, **gates)
+    if current and champion_score is None:
+        result.checks.append({"gate": "max_regression", "passed": False, "value": None, "threshold": None,
+                              "detail": f"champion version {current.model_version}'s card has no test {gates.metric} "
+                                        "to compare with (registered before [gates] metric): promote with --force "
+                                        "once you have compared them"})
+        result.passed = False
+    return result
 
 
 class RegistryError(RuntimeError):

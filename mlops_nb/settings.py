@@ -252,6 +252,15 @@ class Settings(_Section):
                              "answers exist only in the prediction log")
         return self
 
+    @model_validator(mode="after")
+    def _search_candidates_are_valid_training(self):
+        try:
+            self.search.candidates(self.training)
+        except ValidationError as error:
+            problems = "; ".join(f"{e['loc'][0]} = {e['input']!r}: {e['msg']}" for e in error.errors())
+            raise ValueError(f"[search] gives a candidate [training] cannot take: {problems}") from None
+        return self
+
     def path(self, value: Path | str) -> Path:
         """Resolve a path setting against the project root."""
         p = Path(value).expanduser()

@@ -71,22 +71,28 @@ def provenance(root: Path) -> dict[str, str]:
     return tags
 
 
-def build_settings(settings: Settings) -> dict[str, dict]:
-    """The effective `BUILD_SECTIONS` (settings.ini plus environment overrides), as JSON-ready values."""
-    return {section: settings[section].model_dump(mode="json") for section in BUILD_SECTIONS}
+def build_settings(settings: Settings, training: dict | None = None) -> dict[str, dict]:
+    """The effective `BUILD_SECTIONS` (settings.ini plus environment overrides), as JSON-ready values; with
+    `training` (what one run trains: a search candidate), that as [training] and an empty [search], so that a
+    rebuild from them (`mlops-nb reproduce`) trains that candidate alone."""
+    recorded = {section: settings[section].model_dump(mode="json") for section in BUILD_SECTIONS}
+    if training is not None:
+        recorded["training"] = json.loads(json.dumps(dict(training)))
+        recorded["search"] = {key: [] for key in settings.search.keys()}
+    return recorded
 
 
 def start_training_run(*, params: dict, data_hash: str, settings: Settings | None = None, name: str = "train",
-                       parent_run_id: str | None = None) -> str:
+                       parent_run_id: str | None = None, training: dict | None = None) -> str:
     """Open the run that will hold one trained model (or a search over several: `name` "search", each candidate's
-    run with its `parent_run_id`): params (as they are), data hash, provenance and the effective build settings;
-    returns its id."""
+    run with its `parent_run_id` and its `training` configuration): params (as they are), data hash, provenance and
+    the effective build settings; returns its id."""
     import mlflow
 
     settings = settings or load_settings()
     connect(settings)
     tags = {**provenance(settings.root), "mlops_nb.data_sha256": data_hash,
-            BUILD_SETTINGS_TAG: json.dumps(build_settings(settings), sort_keys=True)}
+            BUILD_SETTINGS_TAG: json.dumps(build_settings(settings, training), sort_keys=True)}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id  # what mlflow.start_run(nested=True) sets: the UI groups them
     with mlflow.start_run(tags=tags) as run:

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 
 import nbformat
@@ -98,7 +99,8 @@ def test_a_model_failing_its_gates_is_registered_but_the_old_champion_keeps_serv
 def test_robustness_is_measured_monotone_and_gates_promotion_when_required(built_project):
     robust = read_json(built_project / "products/evaluate/metrics.json")["robustness"]
     assert robust["noise_0.1"] >= robust["noise_0.5"] >= robust["noise_1.0"]
-    assert robust["fgsm_0.1"] >= robust["fgsm_0.3"] and robust["missing_feature_worst"] <= robust["missing_feature_mean"]
+    assert robust["fgsm_0.1"] >= robust["fgsm_0.3"]
+    assert robust["missing_feature_worst"] <= robust["missing_feature_mean"]
     card = read_json(built_project / "products/register/registration.json")["card"]
     assert card["robustness"] == robust
     run_build(built_project, MLOPS_NB_GATES_MIN_ROBUST_ACCURACY=str(min(robust.values()) + 0.01))
@@ -110,9 +112,10 @@ def test_robustness_is_measured_monotone_and_gates_promotion_when_required(built
 def test_a_forced_rebuild_reproduces_weights_and_metrics_bit_for_bit(built_project):
     products = built_project / "products"
     first = read_json(products / "train/run.json"), read_json(products / "evaluate/metrics.json")
+    shutil.rmtree(products / "candidates")  # trained candidates are reused even by --force: train this one again
     run_build(built_project, "--force", "--partially", "evaluate")
     second = read_json(products / "train/run.json"), read_json(products / "evaluate/metrics.json")
-    assert second[0]["run_id"] != first[0]["run_id"]
+    assert [c["trained"] for c in second[0]["candidates"]] == [True] and second[0]["run_id"] != first[0]["run_id"]
     assert second[0]["weights_sha256"] == first[0]["weights_sha256"]
     assert second[0]["history"] == first[0]["history"]
     assert {k: v for k, v in second[1].items() if k != "run_id"} == {k: v for k, v in first[1].items() if k != "run_id"}
@@ -168,6 +171,9 @@ def test_a_search_selects_on_validation_trains_only_new_candidates_and_the_test_
     winner = client.get_run(run["run_id"])
     search = client.get_run(winner.data.tags["mlflow.parentRunId"])
     assert search.data.tags["mlops_nb.winner_run_id"] == run["run_id"] and search.data.params["candidates"] == "4"
+    recorded = json.loads(winner.data.tags["mlops_nb.build_settings"])  # what `mlops-nb reproduce` rebuilds
+    assert recorded["training"]["learning_rate"] == run["config"]["learning_rate"]
+    assert recorded["search"] and all(values == [] for values in recorded["search"].values())
     for candidate in run["candidates"]:  # every candidate a child run with its validation curve; test figures:
         child = client.get_run(candidate["run_id"])  # the winner's only, logged by evaluate after the selection
         assert child.data.tags["mlflow.parentRunId"] == search.info.run_id

@@ -6,7 +6,8 @@ import pytest
 from conftest import register
 
 from mlops_nb.contracts import ModelCard
-from mlops_nb.registry import CHALLENGER, CHAMPION, RegistryError, champion, evaluate_gates
+from mlops_nb.registry import CHALLENGER, CHAMPION, RegistryError, champion, evaluate_gates, gate
+from mlops_nb.settings import GatesSettings
 from mlops_nb.tracking import connect
 
 
@@ -28,7 +29,8 @@ def test_gates(score, champion_score, baselines, passed, failed_gate):
     assert result.reason.startswith("all gates passed") is passed
     if baselines:  # passed or not, the reason names the metric, the best baseline, both figures and the lift
         best = max(baselines, key=baselines.get)
-        assert f"test macro_f1 {score:.4f}" in result.reason and f"baseline {best} {baselines[best]:.4f}" in result.reason
+        assert f"test macro_f1 {score:.4f}" in result.reason
+        assert f"baseline {best} {baselines[best]:.4f}" in result.reason
         assert f"(lift {score - baselines[best]:+.4f})" in result.reason
 
 
@@ -39,6 +41,27 @@ def test_the_robustness_gate_is_off_by_default_and_blocks_when_set_above_the_fig
                             min_robust_accuracy=required)
     assert result.passed is passed and ("min_robust_accuracy" in result.reason) is not passed
     assert [c["gate"] for c in result.checks] == ["min_score"] + (["min_robust_accuracy"] if required else [])
+
+
+def card(**figures) -> ModelCard:
+    return ModelCard(model_name="m", model_version="1", run_id="r", variant="fp32", features=["a"], classes=[0, 1, 2],
+                     feature_min=0, feature_max=1, data_sha256="d", onnx_sha256="o", weights_sha256="w",
+                     test_accuracy=0.97, parity_max_abs_diff=0, **figures)
+
+
+def test_gate_reads_the_metric_from_cards_old_and_new_and_never_skips_a_champion_without_it():
+    gates = GatesSettings(metric="macro_f1", min_score=0.9, max_regression=0.01)
+    new = card(test_metrics={"accuracy": 0.97, "macro_f1": 0.96},
+               baselines={"majority_class": {"macro_f1": 0.2}, "logistic_regression": {"macro_f1": 0.95}})
+    assert gate(new, None, gates).passed and "lift +0.0100" in gate(new, None, gates).reason
+    old = card()  # registered before [gates] metric: accuracy only
+    assert gate(old, None, GatesSettings(min_score=0.9)).passed  # accuracy falls back to test_accuracy
+    with pytest.raises(RegistryError, match="metric = macro_f1: version 1's card has no such test figure"):
+        gate(old, None, gates)
+    against_old = gate(new, old, gates)
+    assert not against_old.passed and "champion version 1's card has no test macro_f1" in against_old.reason
+    with pytest.raises(RegistryError, match="roc_auc needs two classes"):
+        gate(new, None, GatesSettings(metric="roc_auc"))
 
 
 def test_failed_gate_keeps_the_old_champion_and_says_why(registry):

@@ -142,12 +142,28 @@ def test_bad_input_gets_a_400_naming_the_field(server, body, field, reason, rout
     (b'{"instances": [[0]]}', {"content-type": "text/csv"}, 415, "send the body as application/json"),
     (b"[" + b"0," * 3_000_000 + b"0]", {}, 413, "larger than 4194304 bytes ([serving] max_body_bytes)"),
 ])
-def test_malformed_wrong_type_and_oversized_bodies_get_a_4xx_with_the_reason(server, raw, headers, status, expected):
+@pytest.mark.parametrize("route", ["/predict", "/explain"])
+def test_malformed_wrong_type_and_oversized_bodies_get_a_4xx_with_the_reason(server, raw, headers, status, expected,
+                                                                              route):
     url, _, _ = server
-    response = httpx.post(f"{url}/predict", content=raw, headers={"content-type": "application/json", **headers},
+    response = httpx.post(f"{url}{route}", content=raw, headers={"content-type": "application/json", **headers},
                           timeout=30)
     assert response.status_code == status, response.text
     assert expected in response.json()["message"]
+
+
+def test_occlusion_gives_a_linear_models_known_attributions_in_chunks():
+    weights = np.array([[1.0, -1.0], [0.0, 0.0], [-2.0, 2.0]], dtype=np.float32)  # feature 1 carries nothing
+
+    def score(rows):  # two classes, probabilities linear in the features (no softmax: exact)
+        return 0.5 + rows @ weights / 10
+
+    rows = np.array([[2.0, 5.0, 0.0], [0.0, 3.0, 1.0]], dtype=np.float32)  # class 0 (0.7), class 1 (0.7)
+    probabilities, attributions = occlusion(score, rows, np.zeros(3, dtype=np.float32))
+    assert probabilities.argmax(1).tolist() == [0, 1]
+    assert np.allclose(attributions, [[0.2, 0.0, 0.0], [0.0, 0.0, 0.2]], atol=1e-6)  # a feature at 0 or unused: 0
+    chunked = occlusion(score, np.repeat(rows, 3000, axis=0), np.zeros(3, np.float32))[1]  # several calls
+    assert np.array_equal(chunked[::3000], attributions)
 
 
 def test_explain_attributes_each_answer_as_the_in_process_occlusion_does(server, built_project, bento_model,

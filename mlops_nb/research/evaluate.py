@@ -59,7 +59,8 @@ def misclassified_rows(row_ids, y_true, probabilities, classes: list) -> pd.Data
     y_pred = probabilities.argmax(axis=1)
     wrong = y_pred != y_true
     rows = pd.DataFrame({"row_id": np.asarray(row_ids)[wrong], "true": [classes[i] for i in y_true[wrong]],
-                         "predicted": [classes[i] for i in y_pred[wrong]], "confidence": probabilities.max(axis=1)[wrong]})
+                         "predicted": [classes[i] for i in y_pred[wrong]],
+                         "confidence": probabilities.max(axis=1)[wrong]})
     return rows.sort_values(["confidence", "row_id"], ascending=[False, True], ignore_index=True)
 
 def slice_metrics(features: pd.DataFrame, y_true, y_pred, classes: list, *, slice_columns=(), slice_bins: int = 4,
@@ -70,15 +71,19 @@ def slice_metrics(features: pd.DataFrame, y_true, y_pred, classes: list, *, slic
     if unknown:
         raise ValueError(f"[evaluation] slice_columns names no such feature: {unknown}")
     correct = pd.Series(np.asarray(y_pred) == np.asarray(y_true), index=features.index)
-    groups = {"class": pd.Series([f"= {classes[i]}" for i in np.asarray(y_true)], index=features.index)}
-    for column in features.columns:
+    groups = [("class", pd.Series([f"= {classes[i]}" for i in np.asarray(y_true)], index=features.index))]
+    for column in features.columns:  # a list, not a dict: a feature named "class" keeps its own slices
         values = features[column]
         if column in slice_columns:
-            groups[column] = "= " + values.astype(str)
+            keys = "= " + values.astype(str)
         elif values.nunique() > 1:
-            groups[column] = "in " + pd.qcut(values, slice_bins, duplicates="drop").astype(str)
-    rows = [{"slice": f"{column} {key}", "rows": len(hits), "errors": int((~hits).sum()), "accuracy": float(hits.mean())}
-            for column, keys in groups.items() for key, hits in correct.groupby(keys) if len(hits) >= min_slice_rows]
+            keys = "in " + pd.qcut(values, slice_bins, duplicates="drop").astype(str)
+        else:
+            continue
+        groups.append((column, keys.where(values.notna(), "is missing")))
+    rows = [{"slice": f"{column} {key}", "rows": len(hits), "errors": int((~hits).sum()),
+             "accuracy": float(hits.mean())}
+            for column, keys in groups for key, hits in correct.groupby(keys) if len(hits) >= min_slice_rows]
     table = pd.DataFrame(rows, columns=["slice", "rows", "errors", "accuracy"])
     table["gap"] = table["accuracy"] - float(correct.mean())
     return table.sort_values(["accuracy", "rows", "slice"], ascending=[True, False, True], ignore_index=True)

@@ -4,8 +4,6 @@
 __all__ = ['DataValidationError', 'validate_frame', 'leakage_checks', 'feature_profile']
 
 # %% ../../notebooks/02_validate.ipynb #4d3628d7
-import warnings
-
 import numpy as np
 import pandas as pd
 from sklearn.metrics import balanced_accuracy_score
@@ -59,28 +57,26 @@ def leakage_checks(frame: pd.DataFrame, split: dict, *, target: str, duplicate_r
         duplicates[name] = int(np.isin(hashes[split[name]], list(seen)).sum())
         seen |= set(hashes[split[name]])
     train, val = features.iloc[split["train"]], features.iloc[split["val"]]
+    y_train, y_val = frame[target].iloc[split["train"]], frame[target].iloc[split["val"]]
     scores = {}
-    with warnings.catch_warnings():  # a validation split missing a class: still a score
-        warnings.simplefilter("ignore")
+    if set(y_val) == set(y_train):  # balanced accuracy over fewer classes would overstate any column
         for column in features.columns:
             fill = train[column].median()
-            tree = DecisionTreeClassifier(min_samples_leaf=5, random_state=0).fit(
-                train[[column]].fillna(fill), frame[target].iloc[split["train"]])
-            scores[str(column)] = float(balanced_accuracy_score(frame[target].iloc[split["val"]],
-                                                                tree.predict(val[[column]].fillna(fill))))
-    best = max(scores, key=scores.get)
+            tree = DecisionTreeClassifier(min_samples_leaf=5, random_state=0).fit(train[[column]].fillna(fill), y_train)
+            scores[column] = float(balanced_accuracy_score(y_val, tree.predict(val[[column]].fillna(fill))))
+    best = max(scores, key=scores.get, default=None)
     found = {"duplicate_rows": (f"{duplicates['val']} validation and {duplicates['test']} test rows repeat the "
                                 "feature values of a row in an earlier split (by content hash)")
                                if duplicates["val"] + duplicates["test"] else None,
-             "target_leak": (f"feature {best!r} alone predicts {target!r} with balanced accuracy {scores[best]:.4f} >= "
-                             f"{max_single_feature_score} ([validation] max_single_feature_score)")
-                            if scores[best] >= max_single_feature_score else None}
+             "target_leak": (f"feature {best!r} alone predicts {target!r} with balanced accuracy {scores[best]:.4f} "
+                             f">= {max_single_feature_score} ([validation] max_single_feature_score)")
+                            if best is not None and scores[best] >= max_single_feature_score else None}
     modes = {"duplicate_rows": duplicate_rows, "target_leak": target_leak}
     errors = [f"{message} ([validation] {check} = error; `warn` allows it)" for check, message in found.items()
               if message and modes[check] == "error"]
     if errors:
         raise DataValidationError("leakage check failed:\n  - " + "\n  - ".join(errors))
-    return {"duplicates": duplicates, "best_single_feature": {"column": best, "balanced_accuracy": scores[best]},
+    return {"duplicates": duplicates, "best_single_feature": {"column": best, "balanced_accuracy": scores.get(best)},
             "warnings": [message for message in found.values() if message]}
 
 # %% ../../notebooks/02_validate.ipynb #15763e2c

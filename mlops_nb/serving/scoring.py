@@ -14,6 +14,7 @@ from mlops_nb.contracts import PREDICTION_LOG_SCHEMA, ModelCard
 __all__ = ["RowError", "InvalidInput", "validate_rows", "row_reasons", "occlusion", "ScoringCore"]
 
 MAX_REASONS = 20  # per-row reasons returned for one request
+OCCLUSION_BATCH_ROWS = 16384  # rows per ONNX call of /explain: bounds its memory whatever the feature count
 EXPLAIN_METHOD = ("occlusion: the predicted class's probability minus its probability with that feature set to its "
                   "training mean")
 
@@ -116,14 +117,19 @@ def validate_rows(rows, *, n_features: int, low: float, high: float, max_rows: i
 
 def occlusion(score, features: np.ndarray, baseline: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities of raw rows and, per row and feature, how much the predicted class's probability drops
-    when that feature alone takes its `baseline` value (the training mean): one batched call of `score`."""
-    rows, width = features.shape
-    batch = np.repeat(features[:, None, :], width + 1, axis=1)  # per row: itself, then one copy per feature
-    batch[:, np.arange(width) + 1, np.arange(width)] = baseline
-    probabilities = score(batch.reshape(-1, width)).reshape(rows, width + 1, -1)
-    predicted = probabilities[:, 0].argmax(axis=1)
-    kept = probabilities[np.arange(rows), :, predicted]
-    return probabilities[:, 0], kept[:, :1] - kept[:, 1:]
+    when that feature alone takes its `baseline` value (the training mean): batched calls of `score`, each of at most
+    OCCLUSION_BATCH_ROWS rows (one call for a small request)."""
+    width = features.shape[1]
+    step = max(1, OCCLUSION_BATCH_ROWS // (width + 1))
+    probabilities, attributions = [], []
+    for chunk in (features[i:i + step] for i in range(0, len(features), step)):
+        batch = np.repeat(chunk[:, None, :], width + 1, axis=1)  # per row: itself, then one copy per feature
+        batch[:, np.arange(width) + 1, np.arange(width)] = baseline
+        scored = score(batch.reshape(-1, width)).reshape(len(chunk), width + 1, -1)
+        kept = scored[np.arange(len(chunk)), :, scored[:, 0].argmax(axis=1)]
+        probabilities.append(scored[:, 0])
+        attributions.append(kept[:, :1] - kept[:, 1:])
+    return np.concatenate(probabilities), np.concatenate(attributions)
 
 
 class ScoringCore:
