@@ -127,13 +127,19 @@ def test_changing_a_training_setting_reruns_training(built_project):
     assert read_json(built_project / "products/train/run.json")["history"][-1]["epoch"] == TEST_EPOCHS + 1
 
 
-def test_failed_task_leaves_nothing_that_looks_finished(tmp_path):
+def project_on_a_table(tmp_path, table: pd.DataFrame):
+    """A project copy whose [data] source is `table`, written as data/table.csv."""
     root = copy_project(tmp_path / "project", commit=False)
     settings = root / "settings.ini"
     settings.write_text(settings.read_text().replace("source = digits", "source = data/table.csv"))
     (root / "data").mkdir()
-    table = load_source("digits")
     table.to_csv(root / "data/table.csv", index=False)
+    return root
+
+
+def test_failed_task_leaves_nothing_that_looks_finished(tmp_path):
+    table = load_source("digits")
+    root = project_on_a_table(tmp_path, table)
     run_build(root, "--partially", "validate")
     report = root / "products/validate/report.json"
     assert report.is_file()
@@ -187,14 +193,9 @@ def test_a_search_selects_on_validation_trains_only_new_candidates_and_the_test_
 
 
 def test_leakage_stops_validation_unless_settings_allow_it(tmp_path):
-    root = copy_project(tmp_path / "project", commit=False)
-    settings = root / "settings.ini"
-    settings.write_text(settings.read_text().replace("source = digits", "source = data/table.csv"))
-    (root / "data").mkdir()
     table = load_source("digits")
     table["order_id"] = table["target"] * 10_000 + np.arange(len(table))  # the label in disguise
-    table = pd.concat([table, table.iloc[:40]], ignore_index=True)  # 40 rows twice: some land in two splits
-    table.to_csv(root / "data/table.csv", index=False)
+    root = project_on_a_table(tmp_path, pd.concat([table, table.iloc[:40]], ignore_index=True))  # 40 rows twice
     result = run_build(root, "--partially", "validate", check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "leakage check failed" in output
