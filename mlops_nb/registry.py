@@ -16,8 +16,8 @@ from mlops_nb.settings import GatesSettings, Settings, load_settings
 from mlops_nb.tracking import connect, resume_run
 
 __all__ = ["GateResult", "RegistryError", "evaluate_gates", "gate", "gate_score", "register_onnx", "champion",
-           "champion_card", "version_card", "apply_gates", "promote", "rollback", "download_version", "fetch_version", "CHAMPION",
-           "CHALLENGER", "CARD_FILE", "EXTRA_FILES", "REFERENCE_PROFILE"]
+           "champion_card", "version_card", "apply_gates", "promote", "rollback", "download_version", "fetch_version",
+           "CHAMPION", "CHALLENGER", "CARD_FILE", "EXTRA_FILES", "REFERENCE_PROFILE"]
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 EXTRA_FILES = "extra_files"  # where MLflow puts a logged model's extra files, in a fetched version's folder

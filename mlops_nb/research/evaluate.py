@@ -16,6 +16,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from .model import predict_proba
+
 # %% ../../notebooks/04_evaluate.ipynb #06a1748c
 GATE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")  # what [gates] metric may choose
 
@@ -92,9 +94,7 @@ def slice_metrics(features: pd.DataFrame, y_true, y_pred, classes: list, *, slic
 NOISE_STRENGTHS, FGSM_STRENGTHS = (0.1, 0.5, 1.0), (0.1, 0.3)
 
 def _accuracy(model, standardized, labels) -> float:
-    model.eval()
-    with torch.no_grad():
-        return float((model(torch.as_tensor(standardized)).argmax(1).numpy() == labels).mean())
+    return float((predict_proba(model, standardized).argmax(axis=1) == labels).mean())
 
 def robustness(model, standardizer, features, labels, *, seed: int) -> dict:
     """Accuracy under noise, a missing feature and FGSM on raw `features` (rows, n) with labels 0..k-1; flat
