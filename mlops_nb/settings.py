@@ -194,6 +194,24 @@ class MonitoringSettings(_Section):
     min_rows: int = Field(200, ge=10)
 
 
+class StreamingSettings(_Section):
+    redis_url_env: str = Field("REDIS_URL", pattern=r"^[A-Z_][A-Z0-9_]*$")
+    group: str = Field("mlops-nb", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    dead_letter: str = Field("mlops-nb:dead-letter", min_length=1)
+    max_batch_size: int = Field(64, ge=1, le=4096)
+    max_wait_ms: float = Field(5, ge=0)
+    claim_idle_ms: int = Field(30000, ge=100)
+    result_ttl_s: int = Field(86400, ge=1)
+
+    @field_validator("redis_url_env")
+    @classmethod
+    def _not_a_setting(cls, value: str) -> str:
+        if value.startswith(ENV_PREFIX):
+            raise ValueError(f"{value}: the variable holding the Redis URL may not start with {ENV_PREFIX} "
+                             "(that prefix overrides settings)")
+        return value
+
+
 class OrchestratorSettings(_Section):
     image: str = Field("mlops-nb-pipeline:latest", pattern=r"^[a-z0-9][a-z0-9._/:@-]*$")
     storage: str = ""
@@ -241,6 +259,7 @@ class Settings(_Section):
     export: ExportSettings = ExportSettings()
     serving: ServingSettings = ServingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    streaming: StreamingSettings = StreamingSettings()
     orchestrator: OrchestratorSettings = OrchestratorSettings()
 
     model_config = ConfigDict(extra="forbid", frozen=True)
