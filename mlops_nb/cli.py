@@ -10,10 +10,12 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from mlops_nb.edge import EdgeError
 from mlops_nb.ledger import LedgerError
 from mlops_nb.orchestrators import OrchestratorError
 from mlops_nb.registry import RegistryError
 from mlops_nb.settings import SettingsError, load_settings
+from mlops_nb.streaming import StreamError
 from mlops_nb.traffic import SHIFTS
 
 __all__ = ["main"]
@@ -396,7 +398,24 @@ def _traffic(args) -> int:
     return 0 if set(sent["status"]) <= {200} else 1
 
 
+def _stream(args) -> int:
+    from mlops_nb.streaming import run_stream
+
+    summary = run_stream(load_settings(), input=args.input, output=args.output, url=args.redis_url, model=args.model,
+                         consumer=args.consumer)
+    print(json.dumps(asdict(summary)))
+    return 0
+
+
 def _export(args) -> int:
+    if args.engine == "edge":
+        from mlops_nb.edge import export_edge, listing
+
+        print(listing(export_edge(load_settings(), args.outdir, args.model or "champion")))
+        return 0
+    if args.model is not None:
+        print("mlops-nb export: --model is for `export edge` only", file=sys.stderr)
+        return 2
     from mlops_nb.orchestrators import export
 
     files, warnings = export(load_settings(), args.engine, args.outdir, args.runner)
@@ -517,14 +536,27 @@ def main(argv: list[str] | None = None) -> int:
     traffic.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     traffic.add_argument("--json", action="store_true")
     traffic.set_defaults(run=_traffic)
+    stream = commands.add_parser("stream", help="score events from a Redis Stream in a consumer group, in "
+                                 "micro-batches; each result once to the output stream, malformed events to the "
+                                 "dead-letter stream; SIGTERM finishes the batch in hand")
+    stream.add_argument("--redis-url", help="default: the environment variable [streaming] redis_url_env names "
+                                            "(prefer it: a URL here shows its password in the process list)")
+    stream.add_argument("--input", required=True, help="the stream of events: fields id and request (a /predict body)")
+    stream.add_argument("--output", required=True, help="the stream of results: id, result (/predict's answer), "
+                                                        "model_version, latency_ms")
+    stream.add_argument("--model", default="champion", help="a version number, or champion (default)")
+    stream.add_argument("--consumer", help="this consumer's name in the group (default: HOSTNAME-PID)")
+    stream.set_defaults(run=_stream)
     export = commands.add_parser("export", help="write the DAG for an orchestrator: an Airflow 3 DAG file or a "
                                  "Kubeflow Pipelines 2 pipeline (and the pipeline image's Dockerfile); every task runs "
-                                 "`mlops-nb run-task NAME`")
-    export.add_argument("engine", choices=["airflow", "kfp"])
+                                 "`mlops-nb run-task NAME`. edge: a registered version as a folder to run without the "
+                                 "project (ONNX and ORT files, a numpy + onnxruntime runner, a browser page)")
+    export.add_argument("engine", choices=["airflow", "kfp", "edge"])
     export.add_argument("outdir", type=Path)
     export.add_argument("--runner", choices=["kubernetes", "local"], default="kubernetes",
                         help="kubernetes: each task a pod of [orchestrator] image (default); local: a process in this "
                              "virtual environment, for the engine's local runner")
+    export.add_argument("--model", help="edge: a version number, or champion (default)")
     export.set_defaults(run=_export)
     run_task = commands.add_parser("run-task", help="build one task of the DAG as `ploomber build` would (forced), "
                                    "products on [orchestrator] storage: what each exported task runs")
@@ -537,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     args.extra = extra
     try:
         return args.run(args)
-    except (SettingsError, RegistryError, LedgerError, OrchestratorError) as e:
+    except (SettingsError, RegistryError, LedgerError, OrchestratorError, EdgeError, StreamError) as e:
         print(f"mlops-nb: {e}", file=sys.stderr)
         return 2
 
