@@ -42,7 +42,7 @@ def main() -> None:
     batch = np.resize(raw, (256, raw.shape[1]))
     model, standardizer = load_model(products / "train/model.pt")
     fp32 = ort_session(products / "export/model.onnx", threads=1)
-    int8 = ort_session(products / "export/model.int8.onnx", threads=1)
+    int8 = ort_session(products / "export/variants/int8.onnx", threads=1)
     table = {}
     for name, fn in [("torch eager", lambda x: predict_proba(model, standardizer.transform(x))),
                      ("onnx fp32", lambda x: onnx_predict(fp32, x)), ("onnx int8", lambda x: onnx_predict(int8, x))]:

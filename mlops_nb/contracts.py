@@ -29,7 +29,7 @@ class ModelCard(BaseModel):
     model_name: str
     model_version: str | None = Field(None, description="the registry version; None until registered")
     run_id: str
-    variant: str = Field(description="fp32 or int8: the exported variant that passed its gates")
+    variant: str = Field(description="fp32 or the compression candidate ([export] candidates) that serves")
     variant_reason: str = Field("", description="why this variant serves, in words")
     input_contract: Literal["raw"] = Field(
         "raw", description="raw: rows of raw feature values, preprocessing inside the ONNX graph")

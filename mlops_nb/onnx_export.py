@@ -1,4 +1,4 @@
-"""Torch -> ONNX export with a measured parity check, int8 dynamic quantization, and ONNX Runtime sessions."""
+"""Torch -> ONNX export with a measured parity check, int8 and fp16 variants, ONNX Runtime sessions and latency."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 
 from mlops_nb.products import atomic_path
 
-__all__ = ["ParityError", "export_onnx", "check_parity", "quantize_int8", "ort_session", "onnx_predict", "max_abs_diff",
-           "providers_for", "INPUT_NAME", "OUTPUT_NAME", "CUDA", "CPU"]
+__all__ = ["ParityError", "export_onnx", "check_parity", "quantize_int8", "to_fp16", "ort_session", "onnx_predict",
+           "latency_ms", "max_abs_diff", "providers_for", "INPUT_NAME", "OUTPUT_NAME", "CUDA", "CPU"]
 
 INPUT_NAME, OUTPUT_NAME = "features", "probabilities"
 
@@ -74,6 +74,17 @@ def quantize_int8(source: Path | str, path: Path | str) -> Path:
     return Path(path)
 
 
+def to_fp16(source: Path | str, path: Path | str) -> Path:
+    """Half-precision weights and arithmetic; the input and output stay float32, so callers do not change."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its notes on values clamped to fp16's range
+        onnx.save(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True), str(tmp))
+    return Path(path)
+
+
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 logger = logging.getLogger(__name__)
 
@@ -122,6 +133,21 @@ def ort_session(path: Path | str, device: str = "cpu", *, threads: int | None = 
 def onnx_predict(session, features: np.ndarray) -> np.ndarray:
     """Class probabilities from an ONNX Runtime session for rows of raw feature values."""
     return session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(features, dtype=np.float32)})[0]
+
+
+def latency_ms(path: Path | str, features: np.ndarray, batch: int, *, seconds: float = 0.2) -> float:
+    """Median milliseconds of one ONNX Runtime call on `batch` rows (cycled from `features`), on one CPU core."""
+    import time
+
+    session = ort_session(path, "cpu", threads=1)
+    rows = np.ascontiguousarray(np.resize(features, (batch, features.shape[1])), dtype=np.float32)
+    times, deadline = [], time.perf_counter() + seconds
+    onnx_predict(session, rows)  # warm-up: the first call allocates
+    while time.perf_counter() < deadline or len(times) < 5:
+        started = time.perf_counter()
+        onnx_predict(session, rows)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1000)
 
 
 def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:

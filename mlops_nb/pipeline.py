@@ -253,6 +253,8 @@ def discard_failed_products(dag) -> None:
             product._delete_metadata()
             if path.suffix == ".ipynb" and path.exists():
                 shutil.move(path, path.with_suffix(".failed.ipynb"))
+            elif path.is_dir():  # a folder of files (the export's variants)
+                shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
 

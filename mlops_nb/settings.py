@@ -156,10 +156,37 @@ class GatesSettings(_Section):
     min_robust_accuracy: float = Field(0.0, ge=0, le=1)
 
 
+COMPRESSION = ("int8", "pruned", "distilled", "fp16")  # the export step's candidates beside fp32
+
+
 class ExportSettings(_Section):
     opset: int = Field(18, ge=13, le=23)
     parity_tolerance: float = Field(1e-4, gt=0)
-    int8_max_accuracy_drop: float = Field(0.002, ge=0, le=1)
+    candidates: tuple[Literal[COMPRESSION], ...] = ("int8", "pruned", "distilled")
+    max_accuracy_drop: float = Field(0.002, ge=0, le=1,
+                                     validation_alias=AliasChoices("max_accuracy_drop", "int8_max_accuracy_drop"))
+    fp16_parity_tolerance: float = Field(0.005, gt=0)
+    prune_fraction: float = Field(0.5, gt=0, lt=1)
+    prune_epochs: int = Field(5, ge=0)
+    student_hidden_sizes: tuple[int, ...] = (64,)
+    distill_epochs: int = Field(40, ge=1)
+    distill_temperature: float = Field(4.0, gt=0)
+    distill_alpha: float = Field(0.7, ge=0, le=1)
+    serve: str = "smallest"
+
+    _split_sizes = field_validator("student_hidden_sizes", mode="before")(TrainingSettings._split_sizes.__func__)
+
+    @field_validator("candidates", mode="before")
+    @classmethod
+    def _split_names(cls, value):
+        return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _serve_names_a_policy_or_a_candidate(self):
+        if self.serve not in ("fp32", "smallest", *self.candidates):
+            raise ValueError(f"serve = {self.serve!r}: expected fp32, smallest, or one of candidates "
+                             f"{list(self.candidates)}")
+        return self
 
 
 class ServingSettings(_Section):

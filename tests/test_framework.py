@@ -65,8 +65,8 @@ def _add_label_smoothing(root):
     path = root / "notebooks/03_train.ipynb"
     notebook = nbformat.read(path, as_version=4)
     cell = next(c for c in notebook.cells if "def train_model(" in c.source)
-    cell.source = cell.source.replace("torch_threads=1, on_epoch=None):", "torch_threads=1, label_smoothing=0.0,\n"
-                                      "                on_epoch=None):")
+    cell.source = cell.source.replace("torch_threads=1, on_epoch=None,", "torch_threads=1, label_smoothing=0.0, "
+                                      "on_epoch=None,")
     cell.source = cell.source.replace("nn.CrossEntropyLoss()", "nn.CrossEntropyLoss(label_smoothing=label_smoothing)")
     nbformat.write(notebook, path)
     run(root, "nbdev-export")

@@ -79,13 +79,19 @@ def predict_proba(model: nn.Module, features: np.ndarray) -> np.ndarray:
         return torch.softmax(model(torch.as_tensor(features, dtype=torch.float32)), dim=1).numpy()
 
 def train_model(x_train, y_train, x_val, y_val, *, hidden_sizes, dropout, epochs, batch_size, learning_rate,
-                weight_decay, seed, torch_threads=1, on_epoch=None):
-    "Train an `MLP` on standardized features and labels 0..k-1; returns the model and per-epoch history."
+                weight_decay, seed, torch_threads=1, on_epoch=None,
+                start=None, teacher=None, temperature=4.0, alpha=0.7):
+    """Train an `MLP` on standardized features and labels 0..k-1; returns the model and per-epoch history.
+    `start`: go on training this model (fine-tuning); `teacher`: distill, the loss weighing the teacher's soft labels
+    at `temperature` by `alpha` against the true labels by 1 - alpha."""
     seed_everything(seed, torch_threads)
     x = torch.tensor(np.asarray(x_train, dtype=np.float32))
     y = torch.tensor(np.asarray(y_train), dtype=torch.long)
     n_classes = int(max(y_train.max(), y_val.max())) + 1
-    model = MLP(x.shape[1], n_classes, hidden_sizes, dropout)
+    model = start if start is not None else MLP(x.shape[1], n_classes, hidden_sizes, dropout)
+    if teacher is not None:
+        with torch.no_grad():
+            soft = torch.softmax(teacher.eval()(x) / temperature, dim=1)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     order = torch.Generator().manual_seed(seed)
@@ -95,7 +101,12 @@ def train_model(x_train, y_train, x_val, y_val, *, hidden_sizes, dropout, epochs
         total = 0.0
         for batch in torch.randperm(len(x), generator=order).split(batch_size):
             optimizer.zero_grad()
-            loss = loss_fn(model(x[batch]), y[batch])
+            logits = model(x[batch])
+            loss = loss_fn(logits, y[batch])
+            if teacher is not None:
+                kd = nn.functional.kl_div(torch.log_softmax(logits / temperature, dim=1), soft[batch],
+                                          reduction="batchmean") * temperature ** 2
+                loss = alpha * kd + (1 - alpha) * loss
             loss.backward()
             optimizer.step()
             total += loss.item() * len(batch)
