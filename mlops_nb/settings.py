@@ -189,6 +189,14 @@ class ExportSettings(_Section):
         return self
 
 
+def _not_a_settings_variable(value: str) -> str:
+    """A setting naming an environment variable that holds a secret: never one the settings loader reads."""
+    if value.startswith(ENV_PREFIX):
+        raise ValueError(f"name a variable that does not start with {ENV_PREFIX} (that prefix overrides "
+                         "settings, and a secret is never a setting), e.g. SERVING_API_KEY or REDIS_URL")
+    return value
+
+
 class ServingSettings(_Section):
     service_name: str = Field("digits_service", pattern=r"^[a-z][a-z0-9_]*$")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -204,13 +212,7 @@ class ServingSettings(_Section):
     timeout_s: int = Field(30, ge=1)
     shadow_fraction: float = Field(0.0, ge=0, le=1)
 
-    @field_validator("api_key_env")
-    @classmethod
-    def _not_a_settings_variable(cls, value: str) -> str:
-        if value.startswith(ENV_PREFIX):
-            raise ValueError(f"name a variable that does not start with {ENV_PREFIX} (that prefix overrides "
-                             "settings, and a secret is never a setting), e.g. SERVING_API_KEY")
-        return value
+    _not_a_settings_variable = field_validator("api_key_env")(_not_a_settings_variable)
 
 
 class MonitoringSettings(_Section):
@@ -230,13 +232,7 @@ class StreamingSettings(_Section):
     claim_idle_ms: int = Field(30000, ge=100)
     result_ttl_s: int = Field(86400, ge=1)
 
-    @field_validator("redis_url_env")
-    @classmethod
-    def _not_a_setting(cls, value: str) -> str:
-        if value.startswith(ENV_PREFIX):
-            raise ValueError(f"{value}: the variable holding the Redis URL may not start with {ENV_PREFIX} "
-                             "(that prefix overrides settings)")
-        return value
+    _not_a_settings_variable = field_validator("redis_url_env")(_not_a_settings_variable)
 
 
 class OrchestratorSettings(_Section):
