@@ -119,8 +119,9 @@ def _write_bundle(dest: Path, onnx_path: Path, card: ModelCard, web: Path) -> No
     _to_ort(dest / "model.onnx")
     write_json(dest / "labels.json", card.classes)
     write_json(dest / "model_card.json", card.model_dump(mode="json"))
-    for name in ("predict.py", "index.html", "app.js"):
+    for name in ("index.html", "app.js"):
         shutil.copy2(TEMPLATES / name, dest / name)
+    shutil.copy2(TEMPLATES / "predict.py.tmpl", dest / "predict.py")  # not a .py in the package: nbdev would list it
     for name in WEB_FILES:
         shutil.copy2(web / name, dest / "ort" / name)
     readme = Template((TEMPLATES / "README.txt").read_text())
