@@ -12,17 +12,20 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import numpy as np
 import orjson
-import redis
 
 from mlops_nb.registry import CHAMPION, fetch_version
 from mlops_nb.serving.http import Endpoint, _numbers_only
 from mlops_nb.serving.prediction_log import PredictionLogWriter
 from mlops_nb.serving.scoring import InvalidInput, RowError, ScoringCore
 from mlops_nb.settings import Settings
+
+if TYPE_CHECKING:
+    import redis
 
 __all__ = ["StreamError", "StreamSummary", "Consumer", "masked_url", "redis_url", "run_stream"]
 
@@ -118,6 +121,8 @@ class Consumer:
 
     def create_group(self) -> None:
         """Create the group (and the stream) if missing, from id 0: events sent before any consumer ran count too."""
+        import redis
+
         try:
             self.client.xgroup_create(self.input, self.config.group, id="0", mkstream=True)
         except redis.ResponseError as error:
@@ -210,6 +215,8 @@ def run_stream(settings: Settings, *, input: str, output: str, url: str | None =
     """Consume `input` with a registered version (default: the champion) until SIGTERM or SIGINT, which finish the
     batch in hand; results to `output`, dead letters to [streaming] dead_letter. `StreamError` when Redis cannot be
     used, `RegistryError` for a version that cannot be fetched."""
+    import redis  # here, not at module level: every `mlops-nb` command imports this module's StreamError
+
     url = redis_url(settings, url)
     if len({input, output, settings.streaming.dead_letter}) < 3:
         raise StreamError("the input, output and dead-letter ([streaming] dead_letter) streams must be three streams")
