@@ -8,13 +8,17 @@ from typing import Literal, get_origin
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["ModelCard", "PredictionRecord", "PREDICTION_LOG_SCHEMA", "METRICS", "TAG_PREFIX", "CARD_FILE",
-           "PROFILE_FILE", "SHADOW_FOLDER"]
+           "PROFILE_FILE", "SHADOW_FOLDER", "CANARY_FOLDER", "FALLBACK_FOLDER",
+           "CANARY_STOP_FILE"]
 
 PREDICTION_LOG_SCHEMA = 1
 TAG_PREFIX = "mlops_nb."  # every tag the project writes on runs and registered versions
 CARD_FILE = "model_card.json"  # the card beside the ONNX file: in a registered version's files and a bento model
 PROFILE_FILE = "reference_profile.json"  # drift's reference, registered with each version and bundled
 SHADOW_FOLDER = "shadow"  # the bento model's sub-folder holding the shadow challenger (its ONNX file and card)
+CANARY_FOLDER = "canary"  # ... the canary challenger, answering canary_fraction of live requests
+FALLBACK_FOLDER = "fallback"  # ... the previous champion, answering when the routed version fails
+CANARY_STOP_FILE = "canary-stop.json"  # beside the prediction log: {"model_version": V, ...} stops routing to canary V
 
 
 class ModelCard(BaseModel):
@@ -106,6 +110,10 @@ class PredictionRecord(BaseModel):
     labels: list[int] | list[str]
     confidence: list[float]
     latency_ms: float
+    fallback_reason: Literal["error", "nonfinite", "timeout"] | None = Field(
+        None, description="set when the routed version failed: role is then `fallback` and model_version is the "
+                          "version that answered (the previous champion), or the failed one when none could answer")
+    failed_version: str | None = Field(None, description="the routed version that failed, when fallback_reason is set")
 
 
 # Prometheus metric names the project owns (alert rules and tests use these, never BentoML's)
@@ -117,6 +125,9 @@ METRICS = {
     "log_dropped": "mlops_nb_prediction_log_dropped_total",
     "rejected": "mlops_nb_overload_rejected_total",
     "shadow": "mlops_nb_shadow_requests_total",
+    "scored": "mlops_nb_scored_requests_total",  # by model_version and role (champion, canary)
+    "fallback": "mlops_nb_fallback_total",  # by reason (error, nonfinite, timeout) and outcome (answered, refused)
+    "canary_rollbacks": "mlops_nb_canary_rollbacks_total",  # the served process stopped routing to its canary
     # written by `mlops-nb monitor` (products/monitor/drift.prom, for node_exporter's textfile collector)
     "drift": "mlops_nb_drift",
     "drift_checked": "mlops_nb_drift_checked_timestamp_seconds",

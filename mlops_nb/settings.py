@@ -211,8 +211,21 @@ class ServingSettings(_Section):
     workers: int = Field(1, ge=1)
     timeout_s: int = Field(30, ge=1)
     shadow_fraction: float = Field(0.0, ge=0, le=1)
+    fallback: Literal["error", "previous_champion"] = "error"
+    fallback_budget_ms: float = Field(0, ge=0)
+    canary_fraction: float = Field(0.0, ge=0, le=1)
+    canary_alpha: float = Field(0.05, gt=0, lt=1)
+    canary_max_excess_failure_rate: float = Field(0.01, ge=0, le=1)
+    canary_min_requests: int = Field(200, ge=1)
 
     _not_a_settings_variable = field_validator("api_key_env")(_not_a_settings_variable)
+
+    @model_validator(mode="after")
+    def _one_challenger_role(self):
+        if self.shadow_fraction and self.canary_fraction:
+            raise ValueError("[serving] shadow_fraction and canary_fraction are both above 0: the challenger is "
+                             "either a shadow (scored off the path) or a canary (answers live), not both")
+        return self
 
 
 class MonitoringSettings(_Section):
@@ -221,6 +234,17 @@ class MonitoringSettings(_Section):
     psi_threshold: float = Field(0.2, gt=0)
     ks_alpha: float = Field(0.01, gt=0, lt=1)
     min_rows: int = Field(200, ge=10)
+    retention_days: float = Field(0, ge=0)
+    max_bytes: int = Field(0, ge=0)
+    max_files: int = Field(10, ge=1)
+    drop_fields: tuple[Literal["inputs", "subject"], ...] = ()
+    hash_fields: tuple[Literal["inputs", "subject"], ...] = ()
+    salt_env: str = Field("", pattern=r"^([A-Z_][A-Z0-9_]*)?$")
+    accuracy_window_hours: float = Field(24, gt=0)
+    max_accuracy_drop: float = Field(0.05, ge=0, le=1)
+    min_labelled_rows: int = Field(100, ge=1)
+
+    _not_a_settings_variable = field_validator("salt_env")(_not_a_settings_variable)
 
 
 class StreamingSettings(_Section):
@@ -289,9 +313,9 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _shadow_needs_the_log(self):
-        if self.serving.shadow_fraction and not self.monitoring.log_predictions:
-            raise ValueError("[serving] shadow_fraction > 0 needs [monitoring] log_predictions = true: shadow "
-                             "answers exist only in the prediction log")
+        if (self.serving.shadow_fraction or self.serving.canary_fraction) and not self.monitoring.log_predictions:
+            raise ValueError("[serving] shadow_fraction or canary_fraction > 0 needs [monitoring] log_predictions = "
+                             "true: the challenger's answers are compared from the prediction log")
         return self
 
     @model_validator(mode="after")

@@ -162,7 +162,9 @@ class Endpoint:
             return features
         probabilities = await self.batcher.score(features) if self.batcher else self.core.score(features)
         if self.log:
-            self.log.put(self.core.record(rows, probabilities, request_id, started))
+            subject = dict(scope["headers"]).get(b"x-subject")
+            self.log.put(self.core.record(rows, probabilities, request_id, started,
+                                          subject=subject.decode("latin-1") if subject else None))
         if self.shadow:
             self.shadow.offer(features, request_id)
         if self.metrics:

@@ -23,5 +23,12 @@ class ServingMetrics:
         self.rejected = prom.Counter(METRICS["rejected"], "requests answered 503 by back-pressure")
         self.shadow = prom.Counter(METRICS["shadow"], "requests offered to the shadow challenger, by outcome "
                                                       "(scored, dropped: its queue was full, failed)", ["outcome"])
+        self.scored = prom.Counter(METRICS["scored"], "requests routed to a model version, by version and role "
+                                                      "(champion, canary)", ["model_version", "role"])
+        self.fallback = prom.Counter(METRICS["fallback"], "requests whose routed version failed, by reason (error, "
+                                                          "nonfinite, timeout) and outcome (answered by the previous "
+                                                          "champion, or refused with 503)", ["reason", "outcome"])
+        self.canary_rollbacks = prom.Counter(METRICS["canary_rollbacks"], "times this process stopped routing to "
+                                                                          "its canary (rolled back)")
         self.model = prom.Gauge(METRICS["model"], "the model version served and the ONNX Runtime provider in use",
                                 ["model_name", "model_version", "variant", "provider"], multiprocess_mode="liveall")

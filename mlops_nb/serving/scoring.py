@@ -171,11 +171,11 @@ class ScoringCore:
                 "request_id": request_id}
 
     def record(self, rows: list, probabilities: np.ndarray, request_id: str, started: float,
-               role: str = "champion") -> dict:
+               role: str = "champion", subject: str | None = None) -> dict:
         """The prediction-log record of an answered (or shadow-scored) request, serialized later off the request
         path."""
         return {"schema_version": PREDICTION_LOG_SCHEMA, "request_id": request_id, "time": time.time(),
                 "model_name": self.card.model_name, "model_version": self.card.model_version, "role": role,
-                "subject": None, "inputs": rows,
+                "subject": subject, "inputs": rows,
                 "labels": self.classes[probabilities.argmax(axis=1)].tolist(),
                 "confidence": probabilities.max(axis=1), "latency_ms": (time.perf_counter() - started) * 1000}
