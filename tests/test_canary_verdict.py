@@ -88,6 +88,14 @@ def test_equal_versions_are_kept_for_each_of_20_seeds(tmp_path):
     assert all("no significant difference" in v.reason for v in verdicts)
 
 
+@pytest.mark.engines
+def test_false_verdicts_on_equal_versions_stay_near_canary_alpha(tmp_path):
+    settings = project(tmp_path)  # the default canary_alpha 0.05: about 10 of 200 expected, 20 is 3.2 sd above
+    verdicts = [judge(*traffic(tmp_path / str(seed), seed, (0.9, 0.9), requests=500), settings).verdict
+                for seed in range(100, 300)]
+    assert sum(v != KEEP for v in verdicts) <= 20, verdicts
+
+
 def test_a_failing_canary_is_rolled_back_without_labels(tmp_path):
     settings = project(tmp_path, "[serving]\ncanary_min_requests = 300\ncanary_max_excess_failure_rate = 0.02\n")
     failing = judge(traffic(tmp_path / "a", 1, (0.9, 0.9), failure_rate=(0.01, 0.06))[0], None, settings)
