@@ -247,13 +247,30 @@ def _status(args) -> int:
     return 0
 
 
+def _canary(verdict, settings, args) -> int:
+    from mlops_nb.canary_verdict import apply_verdict, table
+
+    done, refused = apply_verdict(verdict, settings) if args.apply and verdict.verdict else (None, False)
+    if args.json:
+        print(json.dumps({**verdict.to_dict(), "applied": done}, indent=2))
+    else:
+        print(table(verdict) + (f"\napplied  {done}" if done else ""))
+    return 3 if refused else verdict.exit_code
+
+
 def _compare(args) -> int:
+    from mlops_nb.canary_verdict import judge_canary
     from mlops_nb.compare import compare_shadow, read_labels
 
     settings = load_settings()
     log = args.log or settings.path(settings.monitoring.prediction_log)
     try:
         labels = read_labels(args.labels) if args.labels else None
+        verdict = judge_canary(log, labels, settings)
+        if verdict.canary is not None:
+            return _canary(verdict, settings, args)
+        if args.apply:
+            raise ValueError(f"--apply acts on a canary verdict, and {log} holds no canary traffic")
         result = compare_shadow(log, labels)
     except (OSError, ValueError) as error:
         print(f"mlops-nb compare: {error}", file=sys.stderr)
@@ -497,11 +514,22 @@ def main(argv: list[str] | None = None) -> int:
     status = commands.add_parser("status", help="champion, challenger, last build, serving version, last ledger entry")
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=_status)
-    compare = commands.add_parser("compare", help="champion against the shadow challenger from the prediction log: "
-                                                  "agreement, and accuracy with a labels file")
-    compare.add_argument("--log", type=Path, help="a prediction log (default: [monitoring] prediction_log)")
+    compare = commands.add_parser("compare", help="champion against the challenger from the prediction log. A "
+                                  "canary: each version's failure rate and, with labels, its [gates] metric with an "
+                                  "interval and a test of the difference at [serving] canary_alpha, and a verdict "
+                                  "(roll back when the failure rate exceeds the champion's by more than "
+                                  "canary_max_excess_failure_rate over canary_min_requests, or when significantly "
+                                  "worse; promote when significantly better; keep otherwise, also under [monitoring] "
+                                  "min_labelled_rows): exit 0 promote or keep, 1 roll back, 2 cannot judge, 3 the "
+                                  "gates refused --apply's promotion. A shadow: agreement, and accuracy with labels")
+    compare.add_argument("--log", type=Path, help="a prediction log, with its rotated PATH.N siblings (default: "
+                                                  "[monitoring] prediction_log)")
     compare.add_argument("--labels", type=Path, help="true labels that arrived later: CSV or JSON lines with "
                                                      "request_id, label and optionally row (default 0)")
+    compare.add_argument("--apply", action="store_true", help="act on a canary verdict: promote = `mlops-nb promote` "
+                         "of the canary (the gates apply); roll back = canary-stop.json beside the log (the served "
+                         "process stops routing to the canary) and a ledger entry removing the challenger alias, "
+                         "with the figures; keep = nothing")
     compare.add_argument("--json", action="store_true")
     compare.set_defaults(run=_compare)
     reproduce = commands.add_parser("reproduce", help="rebuild a registered version from its commit, snapshot and "
