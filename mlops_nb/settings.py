@@ -214,7 +214,7 @@ class ServingSettings(_Section):
     fallback: Literal["error", "previous_champion"] = "error"
     fallback_budget_ms: float = Field(0, ge=0)
     canary_fraction: float = Field(0.0, ge=0, le=1)
-    canary_alpha: float = Field(0.05, gt=0, lt=1)
+    canary_alpha: float = Field(0.01, gt=0, lt=1)
     canary_max_excess_failure_rate: float = Field(0.01, ge=0, le=1)
     canary_min_requests: int = Field(200, ge=1)
 
