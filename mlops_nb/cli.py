@@ -18,7 +18,7 @@ from mlops_nb.settings import SettingsError, load_settings
 from mlops_nb.streaming import StreamError
 from mlops_nb.traffic import SHIFTS
 
-__all__ = ["main"]
+__all__ = ["main", "last_deployed"]
 
 DEPLOYED = "deployed.json"  # in products/: what `mlops-nb deploy` built last (a notebook's deploy never writes it)
 
@@ -203,6 +203,13 @@ def _history(args) -> int:
     return 1 if problems else 0
 
 
+def last_deployed(products: Path) -> dict | None:
+    """What was deployed last: the build's bento task, or `mlops-nb deploy` after it (None: neither ran)."""
+    deployed = max([p for p in (products / "bento/bento.json", products / DEPLOYED) if p.is_file()],
+                   key=lambda p: p.stat().st_mtime_ns, default=None)
+    return json.loads(deployed.read_text()) if deployed else None
+
+
 def _status(args) -> int:
     from mlops_nb.ledger import entries
     from mlops_nb.registry import CHALLENGER, CHAMPION, version_card
@@ -219,12 +226,9 @@ def _status(args) -> int:
             "model_version", "variant", "test_accuracy", "run_id"}) if version else None
 
     registration = products / "register/registration.json"  # the last build's register task (partial builds too)
-    # what was deployed last: the build's bento task, or `mlops-nb deploy` after it
-    deployed = max([p for p in (products / "bento/bento.json", products / DEPLOYED) if p.is_file()],
-                   key=lambda p: p.stat().st_mtime_ns, default=None)
     status = {"model_name": name, "champion": card(CHAMPION), "challenger": card(CHALLENGER),
               "last_build": json.loads(registration.read_text()) if registration.is_file() else None,
-              "serving": json.loads(deployed.read_text()) if deployed else None,
+              "serving": last_deployed(products),
               "last_ledger_entry": ledger[-1].model_dump(mode="json") if ledger else None}
     if args.json:
         print(json.dumps(status, indent=2))
@@ -299,6 +303,21 @@ def _compare(args) -> int:
               "while the registry's challenger is another version than the champion, and serve", file=sys.stderr)
         return 1
     return 0
+
+
+def _readiness(args) -> int:
+    from mlops_nb.products import atomic_path
+    from mlops_nb.readiness import readiness
+    from mlops_nb.readiness_report import to_html, to_text
+
+    report = readiness(load_settings())
+    if args.html:
+        with atomic_path(args.html) as tmp:
+            tmp.write_text(to_html(report))
+    print(json.dumps(report.to_dict(), indent=2) if args.json else to_text(report))
+    if args.html:
+        print(f"report {args.html}", file=sys.stderr)
+    return report.exit_code
 
 
 def _reproduce(args) -> int:
@@ -532,6 +551,12 @@ def main(argv: list[str] | None = None) -> int:
                          "with the figures; keep = nothing")
     compare.add_argument("--json", action="store_true")
     compare.set_defaults(run=_compare)
+    ready = commands.add_parser("readiness", help="the production-readiness checklist for the champion, computed from "
+                                "products/evidence/, the registry and the project: pass, fail, not applicable or not "
+                                "checked per item with its evidence and fix (exit 1 when a required item fails)")
+    ready.add_argument("--json", action="store_true", help="the items as JSON")
+    ready.add_argument("--html", type=Path, help="also write the report as an HTML page to this file")
+    ready.set_defaults(run=_readiness)
     reproduce = commands.add_parser("reproduce", help="rebuild a registered version from its commit, snapshot and "
                                                       "settings in a clean workspace; compare hashes and metrics "
                                                       "(exit 0 match, 1 differ, 2 refused)")
