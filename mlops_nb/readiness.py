@@ -313,7 +313,8 @@ def rollback(project: Project) -> Item:
     previous = [e for e in project.registry["ledger"] if e.alias == "champion" and e.from_version]
     return _combine(_part(served_version == version, f"serving v{served_version}, the champion is v{version}"
                           if served_version else "nothing deployed", "mlops-nb deploy"),
-                    _part(bool(tests), f"rollback tested by {', '.join(tests)}" if tests else "no rollback test", ""),
+                    _part(True if tests else None, f"rollback tested by {', '.join(tests)}" if tests else
+                          "no test in tests/ rolls back", ""),
                     _part(True, f"previous champion v{previous[-1].from_version}: `mlops-nb rollback --reason ...`"
                           if previous else "no previous champion yet (the first one)"))
 

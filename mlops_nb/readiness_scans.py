@@ -79,6 +79,8 @@ def bandit(package: Path, severity: str) -> Scan:
     exe = tool("bandit")
     if exe is None:
         return Scan(None, ["bandit is not installed"], 'pip install -e ".[cpu,dev]" -c requirements.lock.txt')
+    if not package.is_dir():
+        return Scan(None, [f"no package folder {package}"], "")
     done = _run([exe, "-r", str(package), "-f", "json", "-q"], package.parent)
     try:
         results = json.loads(done.stdout)["results"]
