@@ -20,7 +20,8 @@ def _summary(report: Report) -> tuple[str, str]:
     failed = report.failed_required
     if failed:
         return "NOT READY", (f"Required item{'s' * (len(failed) > 1)} {', '.join(str(i.number) for i in failed)} "
-                             "failed: fix them before this model serves production traffic.")
+                             f"failed: fix {'them' if len(failed) > 1 else 'it'} before this model serves production "
+                             "traffic.")
     unchecked = [str(i.number) for i in report.items if i.status == UNCHECKED]
     return "READY", "Every required item passes or is not applicable" + (
         f"; items {', '.join(unchecked)} were not checked (their evidence is missing)." if unchecked else ".")
@@ -45,9 +46,17 @@ def to_text(report: Report) -> str:
     return "\n".join(lines)
 
 
+def _commands(text: str) -> str:
+    """`text` escaped, each `command` in backticks as <code> (a fix naming no command in backticks: all of it)."""
+    parts = html.escape(text).split("`")
+    if len(parts) == 1:
+        return f"<code>{parts[0]}</code>"
+    return "".join(f"<code>{part}</code>" if i % 2 else part for i, part in enumerate(parts))
+
+
 def _row(item) -> str:
     evidence = "".join(f"<li>{html.escape(line)}</li>" for line in item.evidence)
-    fix = f"<p>Fix: <code>{html.escape(item.fix)}</code></p>" if item.fix else ""
+    fix = f"<p>Fix: {_commands(item.fix)}</p>" if item.fix else ""
     required = '<div class="required">required</div>' if item.required else ""
     return (f'<tr class="item" data-status="{item.status}"><td class="n">{item.number}</td><td class="title">'
             f'{html.escape(item.title)}{required}</td><td><span class="badge" style="background:'
