@@ -14,8 +14,9 @@ from conftest import BIN, CHROMIUM_ARGS, REPO, chromium, project_env, register
 from mlops_nb.cli import main
 from mlops_nb.products import write_json
 from mlops_nb.readiness import (FAIL, NA, PASS, UNCHECKED, Project, access_control, audit, disaster_recovery,
-                                monitoring, on_call, performance, privacy, readiness, rollback, scalable)
-from mlops_nb.readiness_scans import bandit, pip_audit
+                                monitoring, on_call, performance, pipeline, privacy, readiness, rollback, runbooks,
+                                scalable)
+from mlops_nb.readiness_scans import Scan, bandit, pip_audit
 from mlops_nb.settings import load_settings
 
 BACKUP = {"archive": "/backups/b.tar.gz", "bytes": 123456, "sha256": "ab" * 32, "members": 42, "verified": True}
@@ -103,6 +104,28 @@ def test_registry_items_from_a_real_registry(registry):
     served = rollback(found)
     assert served.status == FAIL and served.fix.startswith("mlops-nb deploy")
     assert "nothing deployed" in served.evidence[0]
+
+
+def test_runbook_coverage_ci_result_and_the_drift_monitor(tmp_path):
+    found = project(tmp_path, monitor={"status": "no drift", "checked_at": time.time() - 86400},
+                    ci={"passed": False, "time": "2026-11-27T10:00:00Z"})
+    # the alert rules as `mlops-nb export alerts` gives them (crafted: the exporter is built beside this work)
+    found.__dict__["alerts"] = Scan(True, ["2 alert rules (HighErrorRate, DriftDetected)"], "",
+                                    ["HighErrorRate", "DriftDetected"])
+    assert runbooks(found).status == FAIL and runbooks(found).evidence == ["no docs/runbook.md"]
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs/runbook.md").write_text("# Runbook\n\n## HighErrorRate\n\n```bash\ncurl ...\n```\n")
+    partial = runbooks(found)
+    assert partial.status == FAIL and "1 of 2 alerts" in partial.evidence[0] and "DriftDetected" in partial.evidence[0]
+    (tmp_path / "docs/runbook.md").write_text("## HighErrorRate\n\n## DriftDetected\n")
+    assert runbooks(found).status == UNCHECKED  # covered, but no tests/test_runbook.py runs the commands
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests/test_runbook.py").write_text("")
+    assert runbooks(found).status == PASS
+    watched = monitoring(found)
+    assert watched.evidence[0] == "PASS: drift monitor: no drift, 1.0 days ago" and watched.status == UNCHECKED
+    built = pipeline(found)
+    assert built.status == FAIL and "CI RED at 2026-11-27T10:00:00Z" in built.evidence[-1]
 
 
 def test_malformed_evidence_is_not_checked_naming_the_file(tmp_path):
