@@ -95,8 +95,9 @@ class Project:
         from mlops_nb.ledger import entries, verify
         from mlops_nb.registry import champion, champion_card
 
-        if self.settings.tracking_uri.startswith("sqlite:///") and not Path(self.settings.tracking_uri[10:]).exists():
-            return {"error": f"no tracking store at {self.settings.tracking_uri[10:]}", "fix": BUILD}
+        store = self.settings.tracking_uri.removeprefix("sqlite:///")
+        if store != self.settings.tracking_uri and not Path(store).exists():  # never create an empty one
+            return {"error": f"no tracking store at {store}", "fix": BUILD}
         name = self.settings.registry.model_name
         try:
             version = champion(name, self.settings)
