@@ -161,11 +161,14 @@ def ab_testing(project: Project) -> Item:
         return _part(False, "no challenger traffic: [serving] canary_fraction and shadow_fraction are 0",
                      "set [serving] canary_fraction = 0.1 (or shadow_fraction), then `mlops-nb deploy`")
     fraction = serving.canary_fraction or serving.shadow_fraction
-    compared = project.evidence("compare")
-    verdict = _part(None, f"no comparison on labelled traffic ({EVIDENCE['compare']})",
-                    "mlops-nb compare --labels FILE") if compared is None else \
-        _part(bool(compared.get("labelled_rows")), f"verdict {compared.get('verdict', '-')} on "
-              f"{compared.get('labelled_rows', 0)} labelled rows", "mlops-nb compare --labels FILE")
+    compared, fix = project.evidence("compare"), "mlops-nb compare --labels FILE"
+    if compared is None:
+        verdict = _part(None, f"no comparison on labelled traffic ({EVIDENCE['compare']})", fix)
+    else:  # a canary verdict (CanaryVerdict.to_dict) or a shadow comparison (labelled_rows at the top)
+        rows = compared.get("labelled_rows") or (compared.get("canary") or {}).get("labelled_rows", 0)
+        verdict = _part(bool(rows) and compared.get("verdict", "") is not None,
+                        f"verdict {compared.get('verdict') or 'none'} on {rows} labelled rows" +
+                        (f": {compared['reason']}" if compared.get("reason") else ""), fix)
     return _combine(_part(True, f"{role} on {fraction:g} of live requests"), verdict)
 
 

@@ -13,7 +13,8 @@ from conftest import BIN, CHROMIUM_ARGS, REPO, chromium, project_env, register
 
 from mlops_nb.cli import main
 from mlops_nb.products import write_json
-from mlops_nb.readiness import (FAIL, NA, PASS, UNCHECKED, Project, access_control, audit, disaster_recovery,
+from mlops_nb.readiness import (FAIL, NA, PASS, UNCHECKED, Project, ab_testing, access_control, audit,
+                                disaster_recovery,
                                 monitoring, on_call, performance, pipeline, privacy, readiness, rollback, runbooks,
                                 scalable)
 from mlops_nb.readiness_scans import Scan, bandit, pip_audit
@@ -126,6 +127,17 @@ def test_runbook_coverage_ci_result_and_the_drift_monitor(tmp_path):
     assert watched.evidence[0] == "PASS: drift monitor: no drift, 1.0 days ago" and watched.status == UNCHECKED
     built = pipeline(found)
     assert built.status == FAIL and "CI RED at 2026-11-27T10:00:00Z" in built.evidence[-1]
+
+
+def test_ab_testing_needs_challenger_traffic_and_a_verdict_on_labelled_rows(tmp_path):
+    assert ab_testing(project(tmp_path)).status == FAIL
+    canary = "[serving]\ncanary_fraction = 0.1\n"
+    assert ab_testing(project(tmp_path, canary)).status == UNCHECKED
+    judged = ab_testing(project(tmp_path, canary, compare={"verdict": "keep", "reason": "no significant difference",
+                                                            "canary": {"labelled_rows": 400}}))
+    assert judged.status == PASS and "verdict keep on 400 labelled rows" in judged.evidence[1], judged
+    unjudged = ab_testing(project(tmp_path, canary, compare={"verdict": None, "canary": None}))
+    assert unjudged.status == FAIL
 
 
 def test_malformed_evidence_is_not_checked_naming_the_file(tmp_path):
