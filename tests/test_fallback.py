@@ -18,7 +18,7 @@ from mlops_nb.contracts import CARD_FILE, FALLBACK_FOLDER, METRICS, ModelCard, P
 from mlops_nb.monitoring import read_prediction_log
 from mlops_nb.products import file_sha256
 from mlops_nb.serving.batching import Batcher
-from mlops_nb.serving.fallback import Fallback
+from mlops_nb.serving.fallback import Fallback, ModelFailed, _finite
 from mlops_nb.serving.http import Endpoint
 from mlops_nb.serving.prediction_log import PredictionLogWriter
 from mlops_nb.serving.scoring import ScoringCore
@@ -172,6 +172,16 @@ def test_a_previous_champion_that_fails_too_leaves_a_503(tmp_path):
     assert answer.status_code == 503 and answer.json()["reason"] == "error"
     assert "the previous champion failed too" in answer.json()["message"]
     assert outcomes == [("error", "refused")]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_one_non_finite_value_anywhere_is_caught(bad):
+    for row, column in np.ndindex(3, 4):
+        probabilities = np.full((3, 4), 0.25, np.float32)
+        probabilities[row, column] = bad
+        with pytest.raises(ModelFailed, match="nonfinite"):
+            _finite(probabilities)
+    assert _finite(probabilities := np.full((3, 4), 0.25, np.float32)) is probabilities
 
 
 @pytest.mark.parametrize("budget_ms, batching", [(0, False), (60_000, False), (0, True), (60_000, True)])
