@@ -90,8 +90,8 @@ class Fallback:
             self.log.put({**by.record(rows, scored, request_id, started, role="fallback", subject=subject),
                           "fallback_reason": failure.reason, "failed_version": failed})
         if answered_by is None:
-            why = "the previous champion failed too" if self.backup else "[serving] fallback = error, or no previous " \
-                                                                         "champion was bundled"
+            why = ("the previous champion failed too" if self.backup else
+                   "[serving] fallback = error, or no previous champion was bundled")
             return 503, orjson.dumps({"error": "model_failed", "reason": failure.reason, "failed_version": failed,
                                       "message": f"version {failed} failed ({failure}); no fallback answered: {why}",
                                       "request_id": request_id}), []
