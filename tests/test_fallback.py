@@ -301,6 +301,7 @@ def test_the_served_bento_answers_a_failed_call_with_the_previous_champion(deplo
         meta = httpx.get(f"{url}/model/metadata", timeout=30).json()
         answers = [httpx.post(f"{url}/predict", json={"instances": r.tolist()}, timeout=60) for r in rows]
         counts = fallback_counts(url)
+    print(answers[0].status_code, dict(answers[0].headers), answers[0].text)  # quoted in reports (pytest -s)
     assert meta["model_version"] == "2" and meta["fallback"]["model_version"] == "1"
     for answer, labels in zip(answers, expected):
         assert answer.status_code == 200, answer.text
