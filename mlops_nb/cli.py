@@ -108,7 +108,8 @@ def _deploy(args) -> int:
     model, bento = deploy(args.version, settings, gpu=args.gpu)
     deployed = {"bento_tag": str(bento.tag), "model_tag": str(model.tag),
                 "model_version": model.info.metadata["model_version"],
-                "shadow_version": model.info.labels.get("shadow_version"), "gpu": args.gpu}
+                "shadow_version": model.info.labels.get("shadow_version"),
+                "fallback_version": model.info.labels.get("fallback_version"), "gpu": args.gpu}
     write_json(settings.products_dir / DEPLOYED, {**deployed, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     print(json.dumps(deployed, indent=2))
     return 0
