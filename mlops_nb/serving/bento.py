@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from mlops_nb.contracts import PROFILE_FILE, SHADOW_FOLDER, ModelCard
+from mlops_nb.contracts import CANARY_FOLDER, PROFILE_FILE, SHADOW_FOLDER, ModelCard
 from mlops_nb.registry import CARD_FILE, CHALLENGER, CHAMPION, REFERENCE_PROFILE, RegistryError, fetch_version
 from mlops_nb.tracking import connect
 from mlops_nb.settings import Settings, load_settings
@@ -29,6 +29,7 @@ __all__ = ["import_version", "deploy", "build_bento", "bentoml_serve", "served",
 BUNDLED_FILES = {"model.onnx": "model.onnx", PROFILE_FILE: REFERENCE_PROFILE}
 FRAMEWORK_SOURCE = Path(__file__).resolve().parents[2]  # the folder holding the mlops_nb package
 CARD = CARD_FILE  # the same name in the bento model as in the registered version
+CHALLENGER_FOLDERS = {"shadow": SHADOW_FOLDER, "canary": CANARY_FOLDER}  # role -> its sub-folder of the bento model
 
 
 def _bundle(folder: Path, card: ModelCard, dest: Path) -> None:
@@ -39,34 +40,38 @@ def _bundle(folder: Path, card: ModelCard, dest: Path) -> None:
     (dest / CARD).write_text(card.model_dump_json(indent=2))
 
 
-def import_version(version: str = CHAMPION, settings: Settings | None = None, *, shadow: str | None = None):
+def import_version(version: str = CHAMPION, settings: Settings | None = None, *, shadow: str | None = None,
+                   canary: str | None = None):
     """Copy a registered version's (by default the champion's) ONNX file, model card and drift reference into the
-    BentoML model store: the newest model there is what the service serves. `shadow`: a version to bundle as the
-    shadow challenger (in the model's `SHADOW_FOLDER`); its features, classes and input contract must match."""
+    BentoML model store: the newest model there is what the service serves. `shadow` / `canary`: a version to
+    bundle as the shadow or canary challenger (in the model's `SHADOW_FOLDER` / `CANARY_FOLDER`); its features,
+    classes and input contract must match."""
     import bentoml
 
     settings = settings or load_settings()
     name = settings.registry.model_name
+    roles = {role: str(v) for role, v in (("shadow", shadow), ("canary", canary)) if v}
     with tempfile.TemporaryDirectory() as tmp:
         folder, card = fetch_version(name, version, Path(tmp) / "model", settings)
-        challenger = fetch_version(name, shadow, Path(tmp) / "shadow", settings) if shadow else None
-        if challenger and (differs := [f for f in ("input_contract", "features", "classes")
-                                       if getattr(card, f) != getattr(challenger[1], f)]):
-            raise RegistryError(f"the challenger v{shadow} differs from v{card.model_version} in {', '.join(differs)}:"
-                                " a shadow must answer the same requests with the same labels. Register a "
-                                "compatible challenger, or set [serving] shadow_fraction = 0")
-        labels = {"registry_version": card.model_version, **({"shadow_version": str(shadow)} if shadow else {})}
+        challengers = {role: fetch_version(name, v, Path(tmp) / role, settings) for role, v in roles.items()}
+        for role, (_, challenger) in challengers.items():
+            if differs := [f for f in ("input_contract", "features", "classes")
+                           if getattr(card, f) != getattr(challenger, f)]:
+                raise RegistryError(f"the challenger v{roles[role]} differs from v{card.model_version} in "
+                                    f"{', '.join(differs)}: a {role} must answer the same requests with the same "
+                                    f"labels. Register a compatible challenger, or set [serving] {role}_fraction = 0")
+        labels = {"registry_version": card.model_version, **{f"{role}_version": v for role, v in roles.items()}}
         with bentoml.models.create(name, labels=labels, metadata=card.model_dump(mode="json")) as model:
             _bundle(folder, card, Path(model.path))
-            if challenger:
-                _bundle(*challenger, Path(model.path) / SHADOW_FOLDER)
+            for role, challenger in challengers.items():
+                _bundle(*challenger, Path(model.path) / CHALLENGER_FOLDERS[role])
     return model
 
 
-def shadow_version(served: str, settings: Settings) -> str | None:
-    """The version to bundle as shadow challenger for `served` (a number or `champion`): the registry's challenger
-    when `[serving] shadow_fraction` is above 0 and it is another version; else None."""
-    if not settings.serving.shadow_fraction:
+def challenger_version(served: str, fraction: float, settings: Settings) -> str | None:
+    """The version to bundle as shadow or canary challenger for `served` (a number or `champion`): the registry's
+    challenger when that role's `fraction` is above 0 and it is another version; else None."""
+    if not fraction:
         return None
     name = settings.registry.model_name
     aliases = connect(settings).get_registered_model(name).aliases
@@ -75,11 +80,13 @@ def shadow_version(served: str, settings: Settings) -> str | None:
 
 
 def deploy(version: str = CHAMPION, settings: Settings | None = None, *, gpu: bool = False):
-    """Build the bento for a registered version (default: the champion), with the shadow challenger when one is
-    configured: import, then build; returns both. The DAG's bento task calls this for the champion; after
+    """Build the bento for a registered version (default: the champion), with the shadow or canary challenger when
+    one is configured: import, then build; returns both. The DAG's bento task calls this for the champion; after
     `mlops-nb rollback`, `mlops-nb deploy` serves the previous champion without retraining."""
     settings = settings or load_settings()
-    model = import_version(version, settings, shadow=shadow_version(version, settings))
+    serving = settings.serving
+    model = import_version(version, settings, shadow=challenger_version(version, serving.shadow_fraction, settings),
+                           canary=challenger_version(version, serving.canary_fraction, settings))
     return model, build_bento(settings, gpu=gpu)
 
 

@@ -46,15 +46,15 @@ def _numbers_only(body: bytes) -> bool:
 class Endpoint:
     """ASGI app: the project's routes, then BentoML's app (`app`) for everything else.
 
-    `core` (the scoring core), `log` (prediction-log writer), `metrics`, `batcher` and `shadow` are attached by the
-    BentoML service when its worker starts; until then the project's routes answer 503.
+    `core` (the scoring core), `log` (prediction-log writer), `metrics`, `batcher`, `shadow` and `router` (the canary's)
+    are attached by the BentoML service when its worker starts; until then the project's routes answer 503.
     """
 
     def __init__(self, app, settings, openapi: dict | None = None) -> None:
         self.app = app
         self.settings = settings
         self.core: ScoringCore | None = None
-        self.log = self.metrics = self.batcher = self.shadow = None
+        self.log = self.metrics = self.batcher = self.shadow = self.router = None
         self.api_key: bytes | None = None
         self.openapi = openapi
         self.in_flight = 0
@@ -160,16 +160,20 @@ class Endpoint:
         rows, features = await self._validated(scope, receive, request_id)
         if rows is None:
             return features
-        probabilities = await self.batcher.score(features) if self.batcher else self.core.score(features)
+        subject = dict(scope["headers"]).get(b"x-subject") if self.log or self.router else None
+        core, role = self.router.route(subject) if self.router else (self.core, "champion")
+        # the batcher batches the champion's calls; a canary's run inline
+        probabilities = await self.batcher.score(features) if self.batcher and core is self.core else core.score(
+            features)
         if self.log:
-            subject = dict(scope["headers"]).get(b"x-subject")
-            self.log.put(self.core.record(rows, probabilities, request_id, started,
-                                          subject=subject.decode("latin-1") if subject else None))
+            self.log.put(core.record(rows, probabilities, request_id, started, role=role,
+                                     subject=subject.decode("latin-1") if subject else None))
         if self.shadow:
             self.shadow.offer(features, request_id)
         if self.metrics:
             self.metrics.rows.inc(len(rows))
-        return 200, orjson.dumps(self.core.answer(probabilities, request_id), option=ORJSON)
+            self.metrics.scored.labels(core.card.model_version, role).inc()
+        return 200, orjson.dumps(core.answer(probabilities, request_id), option=ORJSON)
 
     async def _explain(self, scope, receive, request_id: str) -> tuple:
         rows, features = await self._validated(scope, receive, request_id)
@@ -198,7 +202,7 @@ class Endpoint:
         body = {**self.core.card.model_dump(mode="json"), "n_features": self.core.card.n_features,
                 "provider": self.core.provider, "batching": self.settings.batching,
                 "shadow": {"model_version": self.shadow.core.card.model_version, "fraction": self.shadow.fraction}
-                if self.shadow else None}
+                if self.shadow else None, "canary": self.router.describe() if self.router else None}
         return 200, orjson.dumps(body), []
 
     async def docs(self, scope, receive, request_id: str) -> tuple:
