@@ -55,6 +55,7 @@ class Endpoint:
         self.settings = settings
         self.core: ScoringCore | None = None
         self.log = self.metrics = self.batcher = self.shadow = self.router = None
+        self.scored = {}  # role -> the scored-requests counter of its version (labels bound once)
         self.api_key: bytes | None = None
         self.openapi = openapi
         self.in_flight = 0
@@ -172,7 +173,7 @@ class Endpoint:
             self.shadow.offer(features, request_id)
         if self.metrics:
             self.metrics.rows.inc(len(rows))
-            self.metrics.scored.labels(core.card.model_version, role).inc()
+            self.scored[role].inc()
         return 200, orjson.dumps(core.answer(probabilities, request_id), option=ORJSON)
 
     async def _explain(self, scope, receive, request_id: str) -> tuple:

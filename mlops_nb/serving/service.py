@@ -120,6 +120,8 @@ class ModelService:
                                             api_key=endpoint.api_key is not None, title=SERVING.service_name)
         endpoint.log, endpoint.metrics, endpoint.core, endpoint.shadow = self.log, metrics, self.core, self.shadow
         endpoint.router = self.router
+        endpoint.scored = {role: metrics.scored.labels(core.card.model_version, role)
+                           for role, core in (("champion", self.core), ("canary", self.canary)) if core}
 
     @bentoml.api
     def predict(self, instances: list[list[float]]) -> dict:
