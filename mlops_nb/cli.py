@@ -109,6 +109,7 @@ def _deploy(args) -> int:
     deployed = {"bento_tag": str(bento.tag), "model_tag": str(model.tag),
                 "model_version": model.info.metadata["model_version"],
                 "shadow_version": model.info.labels.get("shadow_version"),
+                "canary_version": model.info.labels.get("canary_version"),
                 "fallback_version": model.info.labels.get("fallback_version"), "gpu": args.gpu}
     write_json(settings.products_dir / DEPLOYED, {**deployed, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     print(json.dumps(deployed, indent=2))
@@ -245,7 +246,8 @@ def _status(args) -> int:
                             if build else "none (run `ploomber build`)"))
     serving = status["serving"]
     print("serving     " + (f"bento {serving['bento_tag']} with v{serving['model_version']}" +
-                            (f", shadow v{serving['shadow_version']}" if serving.get("shadow_version") else "") +
+                            "".join(f", {role} v{serving[f'{role}_version']}" for role in ("shadow", "canary")
+                                    if serving.get(f"{role}_version")) +
                             (f" (deployed {serving['time']})" if serving.get("time") else " (the build's)")
                             if serving and serving.get("bento_tag") else "no bento built (`mlops-nb deploy`)"))
     print("ledger      " + (_entry_line(ledger[-1]) if ledger else "empty"))

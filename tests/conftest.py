@@ -219,20 +219,26 @@ def registry(tmp_path):
     return settings, onnx_path
 
 
-def register(settings, onnx_path, accuracy, **card_fields):
-    """Register the ONNX model with a model card claiming `accuracy` (and `card_fields`), then apply gates (floor
-    0.9, margin 0.01)."""
+def gate_card(run_id: str, accuracy: float, **fields):
+    """The model card of `registry`'s small ONNX model (4 features, 3 classes), claiming `accuracy`."""
+    from mlops_nb.contracts import ModelCard
+
+    card = dict(model_name="gate-test", run_id=run_id, variant="fp32", features=["a", "b", "c", "d"],
+                classes=["x", "y", "z"], feature_min=0, feature_max=1, data_sha256="abc", onnx_sha256="def",
+                weights_sha256="123", test_accuracy=accuracy, parity_max_abs_diff=1e-7)
+    return ModelCard(**{**card, **fields})
+
+
+def register(settings, onnx_path, accuracy, **fields):
+    """Register the ONNX model with a model card claiming `accuracy` (other card `fields` as given), then apply gates
+    (floor 0.9, margin 0.01)."""
     import numpy as np
 
-    from mlops_nb.contracts import ModelCard
     from mlops_nb.registry import apply_gates, register_onnx
     from mlops_nb.tracking import start_training_run
 
     run_id = start_training_run(params={"lr": 0.1}, data_hash="abc", settings=settings)
-    card = ModelCard(**{**dict(model_name="gate-test", run_id=run_id, variant="fp32", features=["a", "b", "c", "d"],
-                               classes=["x", "y", "z"], feature_min=0, feature_max=1, data_sha256="abc",
-                               onnx_sha256="def", weights_sha256="123", test_accuracy=accuracy,
-                               parity_max_abs_diff=1e-7), **card_fields})
+    card = gate_card(run_id, accuracy, **fields)
     version = register_onnx(card=card, onnx_path=onnx_path, input_example=np.zeros((2, 4)),
                             extra={"reference_profile.json": {"range": [0, 1]}}, settings=settings)
     result = apply_gates(card, version.version, settings.gates, settings)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from mlops_nb.contracts import FALLBACK_FOLDER, PROFILE_FILE, SHADOW_FOLDER, ModelCard
+from mlops_nb.contracts import CANARY_FOLDER, FALLBACK_FOLDER, PROFILE_FILE, SHADOW_FOLDER, ModelCard
 from mlops_nb.registry import (CARD_FILE, CHALLENGER, CHAMPION, REFERENCE_PROFILE, RegistryError, champion,
                                fetch_version, previous_champion)
 from mlops_nb.tracking import connect
@@ -41,45 +41,52 @@ def _bundle(folder: Path, card: ModelCard, dest: Path) -> None:
     (dest / CARD).write_text(card.model_dump_json(indent=2))
 
 
-# a version bundled beside the served one (DECISION 5): who it is, and what to do when its contract differs
-BESIDE = {SHADOW_FOLDER: ("the challenger", "a shadow must answer the same requests with the same labels. Register "
-                                            "a compatible challenger, or set [serving] shadow_fraction = 0"),
-          FALLBACK_FOLDER: ("the previous champion", "a fallback must answer the same requests with the same labels. "
-                                                     "Set [serving] fallback = error, or roll back first")}
+def _advice(role: str) -> str:
+    return (f"a {role} must answer the same requests with the same labels. Register a compatible challenger, or set "
+            f"[serving] {role}_fraction = 0")
+
+
+# versions bundled beside the served one (DECISION 5): role -> (sub-folder, who it is, what to do when its contract
+# differs)
+BESIDE = {"shadow": (SHADOW_FOLDER, "the challenger", _advice("shadow")),
+          "canary": (CANARY_FOLDER, "the challenger", _advice("canary")),
+          "fallback": (FALLBACK_FOLDER, "the previous champion", "a fallback must answer the same requests with the "
+                                                                 "same labels. Set [serving] fallback = error, or roll "
+                                                                 "back first")}
 
 
 def import_version(version: str = CHAMPION, settings: Settings | None = None, *, shadow: str | None = None,
-                   fallback: str | None = None):
+                   canary: str | None = None, fallback: str | None = None):
     """Copy a registered version's (by default the champion's) ONNX file, model card and drift reference into the
-    BentoML model store: the newest model there is what the service serves. `shadow` / `fallback`: a version to
-    bundle as the shadow challenger / the fallback (in the model's `SHADOW_FOLDER` / `FALLBACK_FOLDER`); its
-    features, classes and input contract must match."""
+    BentoML model store: the newest model there is what the service serves. `shadow` / `canary` / `fallback`: a
+    version to bundle as the shadow or canary challenger or the fallback (in the model's `SHADOW_FOLDER`,
+    `CANARY_FOLDER`, `FALLBACK_FOLDER`); its features, classes and input contract must match."""
     import bentoml
 
     settings = settings or load_settings()
     name = settings.registry.model_name
-    beside = {folder: str(v) for folder, v in {SHADOW_FOLDER: shadow, FALLBACK_FOLDER: fallback}.items() if v}
+    beside = {role: str(v) for role, v in (("shadow", shadow), ("canary", canary), ("fallback", fallback)) if v}
     with tempfile.TemporaryDirectory() as tmp:
         folder, card = fetch_version(name, version, Path(tmp) / "model", settings)
-        fetched = {sub: fetch_version(name, v, Path(tmp) / sub, settings) for sub, v in beside.items()}
-        for sub, (_, other) in fetched.items():
+        fetched = {role: fetch_version(name, v, Path(tmp) / role, settings) for role, v in beside.items()}
+        for role, (_, other) in fetched.items():
             if differs := [f for f in ("input_contract", "features", "classes")
                            if getattr(card, f) != getattr(other, f)]:
-                who, advice = BESIDE[sub]
+                _, who, advice = BESIDE[role]
                 raise RegistryError(f"{who} v{other.model_version} differs from v{card.model_version} in "
                                     f"{', '.join(differs)}: {advice}")
-        labels = {"registry_version": card.model_version, **{f"{sub}_version": v for sub, v in beside.items()}}
+        labels = {"registry_version": card.model_version, **{f"{role}_version": v for role, v in beside.items()}}
         with bentoml.models.create(name, labels=labels, metadata=card.model_dump(mode="json")) as model:
             _bundle(folder, card, Path(model.path))
-            for sub, (other_folder, other) in fetched.items():
-                _bundle(other_folder, other, Path(model.path) / sub)
+            for role, (other_folder, other) in fetched.items():
+                _bundle(other_folder, other, Path(model.path) / BESIDE[role][0])
     return model
 
 
-def shadow_version(served: str, settings: Settings) -> str | None:
-    """The version to bundle as shadow challenger for `served` (a number or `champion`): the registry's challenger
-    when `[serving] shadow_fraction` is above 0 and it is another version; else None."""
-    if not settings.serving.shadow_fraction:
+def challenger_version(served: str, fraction: float, settings: Settings) -> str | None:
+    """The version to bundle as shadow or canary challenger for `served` (a number or `champion`): the registry's
+    challenger when that role's `fraction` is above 0 and it is another version; else None."""
+    if not fraction:
         return None
     name = settings.registry.model_name
     aliases = connect(settings).get_registered_model(name).aliases
@@ -106,11 +113,13 @@ def fallback_version(served: str, settings: Settings) -> str | None:
 
 
 def deploy(version: str = CHAMPION, settings: Settings | None = None, *, gpu: bool = False):
-    """Build the bento for a registered version (default: the champion), with the shadow challenger and the
-    fallback when they are configured: import, then build; returns both. The DAG's bento task calls this for the
+    """Build the bento for a registered version (default: the champion), with the shadow or canary challenger and
+    the fallback when they are configured: import, then build; returns both. The DAG's bento task calls this for the
     champion; after `mlops-nb rollback`, `mlops-nb deploy` serves the previous champion without retraining."""
     settings = settings or load_settings()
-    model = import_version(version, settings, shadow=shadow_version(version, settings),
+    serving = settings.serving
+    model = import_version(version, settings, shadow=challenger_version(version, serving.shadow_fraction, settings),
+                           canary=challenger_version(version, serving.canary_fraction, settings),
                            fallback=fallback_version(version, settings))
     return model, build_bento(settings, gpu=gpu)
 

@@ -39,12 +39,6 @@ def _wrong_method(method: str) -> tuple:
                                                                                             method.encode())]
 
 
-def _subject(scope) -> str | None:
-    """The request's `X-Subject` header (the key of whatever it is about), logged as `subject`."""
-    subject = dict(scope["headers"]).get(b"x-subject")
-    return subject.decode("latin-1") if subject else None
-
-
 def _numbers_only(body: bytes) -> bool:
     """True when the body's rows (all after the first `[`) hold only numbers: no strings, booleans or nulls."""
     start = body.find(b"[")
@@ -54,16 +48,17 @@ def _numbers_only(body: bytes) -> bool:
 class Endpoint:
     """ASGI app: the project's routes, then BentoML's app (`app`) for everything else.
 
-    `core` (the scoring core), `log` (prediction-log writer), `metrics`, `batcher`, `shadow` and `fallback` (runs
-    model calls, answers failed ones) are attached by the BentoML service when its worker starts; until then the
-    project's routes answer 503.
+    `core` (the scoring core), `log` (prediction-log writer), `metrics`, `batcher`, `shadow`, `router` (the canary's)
+    and `fallback` (runs model calls, answers failed ones) are attached by the BentoML service when its worker starts;
+    until then the project's routes answer 503.
     """
 
     def __init__(self, app, settings, openapi: dict | None = None) -> None:
         self.app = app
         self.settings = settings
         self.core: ScoringCore | None = None
-        self.log = self.metrics = self.batcher = self.shadow = self.fallback = None
+        self.log = self.metrics = self.batcher = self.shadow = self.router = self.fallback = None
+        self.scored = {}  # role -> the scored-requests counter of its version (labels bound once)
         self.api_key: bytes | None = None
         self.openapi = openapi
         self.in_flight = 0
@@ -169,14 +164,19 @@ class Endpoint:
         rows, features = await self._validated(scope, receive, request_id)
         if rows is None:
             return features
-        core, fallback = self.core, self.fallback
+        subject = dict(scope["headers"]).get(b"x-subject") if self.log or self.router else None
+        core, role = self.router.route(subject) if self.router else (self.core, "champion")
+        batcher = self.batcher if core is self.core else None  # the batcher batches the champion's calls
+        fallback, subject = self.fallback, subject.decode("latin-1") if subject else None
+        if self.metrics:
+            self.scored[role].inc()
         try:  # inline (the fast path) unless a time budget or the batcher takes the call off the event loop
-            probabilities = (await fallback.call(core, features, self.batcher) if self.batcher or fallback.budget_ms
+            probabilities = (await fallback.call(core, features, batcher) if batcher or fallback.budget_ms
                              else fallback.score(core, features))
         except ModelFailed as failure:
-            return fallback.answer(failure, core, rows, features, request_id, started, _subject(scope))
+            return fallback.answer(failure, core, rows, features, request_id, started, subject)
         if self.log:
-            self.log.put(core.record(rows, probabilities, request_id, started, subject=_subject(scope)))
+            self.log.put(core.record(rows, probabilities, request_id, started, role=role, subject=subject))
         if self.shadow:
             self.shadow.offer(features, request_id)
         if self.metrics:
@@ -210,7 +210,8 @@ class Endpoint:
         body = {**self.core.card.model_dump(mode="json"), "n_features": self.core.card.n_features,
                 "provider": self.core.provider, "batching": self.settings.batching,
                 "shadow": {"model_version": self.shadow.core.card.model_version, "fraction": self.shadow.fraction}
-                if self.shadow else None, "fallback": self.fallback.describe(self.settings.fallback)}
+                if self.shadow else None, "canary": self.router.describe() if self.router else None,
+                "fallback": self.fallback.describe(self.settings.fallback)}
         return 200, orjson.dumps(body), []
 
     async def docs(self, scope, receive, request_id: str) -> tuple:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import bentoml
 
-from mlops_nb.contracts import CARD_FILE, FALLBACK_FOLDER, SHADOW_FOLDER, ModelCard
+from mlops_nb.contracts import CANARY_FOLDER, CARD_FILE, FALLBACK_FOLDER, SHADOW_FOLDER, ModelCard
 from mlops_nb.settings import load_settings
 
 logger = logging.getLogger("bentoml.mlops_nb")
@@ -52,9 +52,10 @@ class ModelService:
         from mlops_nb.serving.openapi import openapi_document
 
         self.core = self._core(Path(self.model.path))
-        self.challenger = self._challenger()
+        self.challenger = self._challenger("shadow", SHADOW_FOLDER, SERVING.shadow_fraction)
+        self.canary = self._challenger("canary", CANARY_FOLDER, SERVING.canary_fraction)
         self.previous = self._previous_champion()
-        self.log = self.shadow = None
+        self.log = self.shadow = self.router = None
         card = self.core.card
         logger.info("serving %s version %s on %s (batching %s)", card.model_name, card.model_version,
                     self.core.provider, SERVING.batching)
@@ -73,17 +74,18 @@ class ModelService:
         folder = Path(self.model.path) / name
         return self._core(folder) if (folder / CARD_FILE).is_file() else None
 
-    def _challenger(self):
-        """The bundled shadow challenger's core when `[serving] shadow_fraction` is above 0, else None."""
-        if not SERVING.shadow_fraction:
+    def _challenger(self, role: str, folder_name: str, fraction: float):
+        """The core of the challenger bundled in `folder_name` when its `[serving] <role>_fraction` is above 0,
+        else None."""
+        if not fraction:
             return None
-        if (core := self._bundled(SHADOW_FOLDER)) is None:
-            logger.warning("[serving] shadow_fraction = %s, but this bento holds no challenger (`mlops-nb deploy` "
+        if (core := self._bundled(folder_name)) is None:
+            logger.warning("[serving] %s_fraction = %s, but this bento holds no challenger (`mlops-nb deploy` "
                            "bundles one when the registry's challenger is another version than the served one): "
-                           "serving without a shadow", SERVING.shadow_fraction)
+                           "serving without a %s", role, fraction, role)
             return None
-        logger.info("shadow challenger: version %s scores %.0f%% of requests off the request path",
-                    core.card.model_version, SERVING.shadow_fraction * 100)
+        logger.info("%s challenger: version %s gets %.0f%% of requests (%s)", role, core.card.model_version,
+                    fraction * 100, "scored off the request path" if role == "shadow" else "it answers them")
         return core
 
     def _previous_champion(self):
@@ -118,6 +120,11 @@ class ModelService:
 
             self.shadow = Shadow(self.challenger, self.log, SERVING.shadow_fraction,
                                  on_outcome=lambda outcome: metrics.shadow.labels(outcome).inc())
+        if self.canary:
+            from mlops_nb.serving.canary import Router, stop_file
+
+            self.router = Router(self.core, self.canary, SERVING.canary_fraction, stop_file(SETTINGS),
+                                 on_rollback=metrics.canary_rollbacks.inc)
         if SERVING.api_key_env:
             key = os.environ.get(SERVING.api_key_env)
             if not key:
@@ -132,6 +139,9 @@ class ModelService:
         endpoint.openapi = openapi_document(card, max_rows=SERVING.max_rows_per_request,
                                             api_key=endpoint.api_key is not None, title=SERVING.service_name)
         endpoint.log, endpoint.metrics, endpoint.core, endpoint.shadow = self.log, metrics, self.core, self.shadow
+        endpoint.router = self.router
+        endpoint.scored = {role: metrics.scored.labels(core.card.model_version, role)
+                           for role, core in (("champion", self.core), ("canary", self.canary)) if core}
 
     @bentoml.api
     def predict(self, instances: list[list[float]]) -> dict:
