@@ -45,8 +45,8 @@ def rules(alerts: AlertsSettings) -> list[dict]:
                f"above {alerts.max_fallback_rate * 100:g}%)", severity="critical", for_s=held),
         _alert("MlopsNbPredictionLogDropping",
                f"sum by (instance) (increase({METRICS['log_dropped']}{w})) > {alerts.max_dropped_log_records}",
-               f'{{{{ $labels.instance }}}}: {{{{ $value | printf "%.0f" }}}} prediction-log records dropped {over} '
-               "(answers were sent; monitoring and canary verdicts miss them)", severity="warning"),
+               f'{{{{ $labels.instance }}}}: about {{{{ $value | printf "%.0f" }}}} prediction-log records dropped '
+               f"{over} (answers were sent; monitoring and canary verdicts miss them)", severity="warning"),
         _alert("MlopsNbDriftDetected", f"max by (model_name, model_version) ({METRICS['drift']}) > 0",
                "{{ $labels.model_name }} version {{ $labels.model_version }}: the last `mlops-nb monitor` found "
                "drift in its traffic", severity="warning"),

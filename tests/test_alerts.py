@@ -130,8 +130,8 @@ UNIT_TESTS = {
     # 3 records dropped a minute in minutes 6-10, then none: fires at once, quiet once the window holds no drop
     "MlopsNbPredictionLogDropping": (
         {labelled(METRICS["log_dropped"], BENTO): "0x5 3+3x4 15x10"},
-        [("5m", None), ("8m", {"summary": f"127.0.0.1:3000: 9 prediction-log records dropped {LAST} (answers were "
-                                          "sent; monitoring and canary verdicts miss them)",
+        [("5m", None), ("8m", {"summary": f"127.0.0.1:3000: about 9 prediction-log records dropped {LAST} (answers "
+                                          "were sent; monitoring and canary verdicts miss them)",
                                "instance": "127.0.0.1:3000"}),
          ("17m", None)]),
     # `mlops-nb monitor` finds drift in version 3's traffic from minute 6; version 2 never drifts
@@ -211,5 +211,5 @@ def test_a_real_prometheus_fires_the_dropped_records_alert_from_a_served_bento(b
     assert alert["labels"] == {"alertname": "MlopsNbPredictionLogDropping", "instance": bento.removeprefix("http://"),
                                "severity": "warning"}
     assert alert["annotations"]["runbook"] == "docs/runbook.md#mlopsnbpredictionlogdropping"
-    assert re.fullmatch(r"127\.0\.0\.1:\d+: \d+ prediction-log records dropped within the last 30 s \(.*\)",
+    assert re.fullmatch(r"127\.0\.0\.1:\d+: about \d+ prediction-log records dropped within the last 30 s \(.*\)",
                         alert["annotations"]["summary"])
