@@ -455,6 +455,15 @@ def _export(args) -> int:
     if args.model is not None:
         print("mlops-nb export: --model is for `export edge` only", file=sys.stderr)
         return 2
+    if args.engine == "alerts":
+        from mlops_nb.alerts import export_alerts
+
+        try:
+            print("\n".join(map(str, export_alerts(load_settings(), args.outdir))))
+        except OSError as error:
+            print(f"mlops-nb export: cannot write the alerts to {args.outdir}: {error}", file=sys.stderr)
+            return 2
+        return 0
     from mlops_nb.orchestrators import export
 
     files, warnings = export(load_settings(), args.engine, args.outdir, args.runner)
@@ -606,8 +615,9 @@ def main(argv: list[str] | None = None) -> int:
     export = commands.add_parser("export", help="write the DAG for an orchestrator: an Airflow 3 DAG file or a "
                                  "Kubeflow Pipelines 2 pipeline (and the pipeline image's Dockerfile); every task runs "
                                  "`mlops-nb run-task NAME`. edge: a registered version as a folder to run without the "
-                                 "project (ONNX and ORT files, a numpy + onnxruntime runner, a browser page)")
-    export.add_argument("engine", choices=["airflow", "kfp", "edge"])
+                                 "project (ONNX and ORT files, a numpy + onnxruntime runner, a browser page). alerts: "
+                                 "Prometheus alerting rules from [alerts] and a scrape config for the bento's /metrics")
+    export.add_argument("engine", choices=["airflow", "kfp", "edge", "alerts"])
     export.add_argument("outdir", type=Path)
     export.add_argument("--runner", choices=["kubernetes", "local"], default="kubernetes",
                         help="kubernetes: each task a pod of [orchestrator] image (default); local: a process in this "

@@ -257,6 +257,28 @@ class MonitoringSettings(_Section):
         return self
 
 
+class AlertsSettings(_Section):
+    """`mlops-nb export alerts`: Prometheus alerting rules on the served bento's metrics, and its scrape config."""
+
+    target: str = Field("127.0.0.1:3000", pattern=r"^[A-Za-z0-9.-]+:[0-9]{1,5}$")
+    drift_target: str = Field("", pattern=r"^([A-Za-z0-9.-]+:[0-9]{1,5})?$")
+    scrape_interval_s: int = Field(15, ge=1)
+    evaluation_interval_s: int = Field(15, ge=1)
+    window_s: int = Field(300, ge=2)
+    for_s: int = Field(120, ge=0)
+    max_error_rate: float = Field(0.01, gt=0, le=1)
+    max_p99_latency_ms: float = Field(250, gt=0)
+    max_fallback_rate: float = Field(0.01, gt=0, le=1)
+    max_dropped_log_records: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _two_scrapes_in_a_window(self):
+        if self.window_s < 2 * self.scrape_interval_s:
+            raise ValueError(f"window_s = {self.window_s} is shorter than two scrapes (scrape_interval_s = "
+                             f"{self.scrape_interval_s}): rate() and increase() need two samples in the window")
+        return self
+
+
 class StreamingSettings(_Section):
     redis_url_env: str = Field("REDIS_URL", pattern=r"^[A-Z_][A-Z0-9_]*$")
     group: str = Field("mlops-nb", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
@@ -337,6 +359,7 @@ class Settings(_Section):
     export: ExportSettings = ExportSettings()
     serving: ServingSettings = ServingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    alerts: AlertsSettings = AlertsSettings()
     streaming: StreamingSettings = StreamingSettings()
     orchestrator: OrchestratorSettings = OrchestratorSettings()
     readiness: ReadinessSettings = ReadinessSettings()

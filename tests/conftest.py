@@ -109,14 +109,21 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: "server" in getattr(item, "fixturenames", ()))
 
 
-def chromium() -> str:
-    """Debian's Chromium for Playwright's `executable_path`; a failure under CI=true, else a skip with the reason."""
-    path = shutil.which("chromium")
+def debian_command(name: str, package: str | None = None) -> str:
+    """The path of a command from a Debian package (.ci/run installs it); a failure under CI=true, else a skip with
+    the reason."""
+    path = shutil.which(name)
     if path is None:
+        why = f"Debian's {name} is not installed (`apt-get install -y {package or name}`)"
         if os.environ.get("CI") == "true":
-            pytest.fail("Debian's chromium is not installed (`apt-get install -y chromium`)")
-        pytest.skip("Debian's chromium is not installed (`apt-get install -y chromium`)")
+            pytest.fail(why)
+        pytest.skip(why)
     return path
+
+
+def chromium() -> str:
+    """Debian's Chromium for Playwright's `executable_path`."""
+    return debian_command("chromium")
 
 
 def engine_python(name: str) -> Path:

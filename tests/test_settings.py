@@ -35,7 +35,7 @@ def test_environment_overrides_a_key(tmp_path):
     ("[serving]\ndevice = tpu\n", "[serving] device = 'tpu': Input should be 'auto', 'cpu' or 'cuda'"),
     ("[training]\nhidden_sizes = 128,x\n", "[training] hidden_sizes = '128,x': expected comma-separated positive"),
     ("[training]\nepoch = 3\n", "[training] epoch: unknown key; allowed keys: batch_size, dropout, epochs"),
-    ("[trainig]\nepochs = 3\n", "[trainig]: unknown key; allowed keys: data, evaluation, export, gates"),
+    ("[trainig]\nepochs = 3\n", "[trainig]: unknown key; allowed keys: alerts, data, evaluation, export, gates"),
     ("[validation]\nmax_missing_fraction = 1.5\n",
      "[validation] max_missing_fraction = '1.5': Input should be less than 1"),
     ("[registry]\nmodel_name = has space\n", "[registry] model_name = 'has space': String should match pattern"),
