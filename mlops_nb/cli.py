@@ -254,10 +254,18 @@ def _status(args) -> int:
     return 0
 
 
+def _compare_evidence(settings, compared: dict) -> None:
+    """What `mlops-nb readiness` reads for its A/B item: the last comparison, with when it was made."""
+    from mlops_nb.products import write_json
+
+    write_json(settings.products_dir / "evidence" / "compare.json", {**compared, "checked_at": time.time()})
+
+
 def _canary(verdict, settings, args) -> int:
     from mlops_nb.canary_verdict import apply_verdict, table
 
     done, refused = apply_verdict(verdict, settings) if args.apply and verdict.verdict else (None, False)
+    _compare_evidence(settings, {**verdict.to_dict(), "applied": done})
     if args.json:
         print(json.dumps({**verdict.to_dict(), "applied": done}, indent=2))
     else:
@@ -282,6 +290,8 @@ def _compare(args) -> int:
     except (OSError, ValueError) as error:
         print(f"mlops-nb compare: {error}", file=sys.stderr)
         return 2
+    if result.requests:
+        _compare_evidence(settings, result.to_dict())
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     elif result.requests:

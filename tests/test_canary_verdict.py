@@ -120,6 +120,8 @@ def test_apply_rolls_back_through_the_ledger_and_the_stop_file_then_promotes(reg
     code, out = cli(settings, monkeypatch, capsys, "compare", "--log", str(log), "--labels", str(labels))
     assert code == 1 and "ROLL BACK: significantly worse" in out.out, out
     assert "accuracy [low, high]" in out.out and not (log.parent / CANARY_STOP_FILE).exists()
+    evidence = json.loads((settings.products_dir / "evidence" / "compare.json").read_text())  # readiness' item 3
+    assert evidence["verdict"] == "roll back" and evidence["canary"]["labelled_rows"] > 0, evidence
     before = len(entries("gate-test", settings))
     code, out = cli(settings, monkeypatch, capsys, "compare", "--log", str(log), "--labels", str(labels), "--apply")
     assert code == 1 and f"removed the {CHALLENGER} alias from v{v2}" in out.out, out
