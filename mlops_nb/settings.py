@@ -245,6 +245,16 @@ class MonitoringSettings(_Section):
     min_labelled_rows: int = Field(100, ge=1)
 
     _not_a_settings_variable = field_validator("salt_env")(_not_a_settings_variable)
+    _split_fields = field_validator("drop_fields", "hash_fields", mode="before")(
+        EvaluationSettings._split_columns.__func__)
+
+    @model_validator(mode="after")
+    def _drop_or_hash(self):
+        if both := set(self.drop_fields) & set(self.hash_fields):
+            raise ValueError(f"{sorted(both)} both in drop_fields and hash_fields: a field is dropped or hashed")
+        if self.hash_fields and not self.salt_env:
+            raise ValueError("hash_fields needs salt_env: the name of the environment variable holding the salt")
+        return self
 
 
 class StreamingSettings(_Section):

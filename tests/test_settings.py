@@ -42,7 +42,10 @@ def test_environment_overrides_a_key(tmp_path):
     ("[monitoring]\nlog_predictions = maybe\n", "[monitoring] log_predictions = 'maybe': Input should be a valid boolean"),
     ("[serving]\nshadow_fraction = 1.5\n", "[serving] shadow_fraction = '1.5': Input should be less than or equal to 1"),
     ("[serving]\nshadow_fraction = 0.1\n[monitoring]\nlog_predictions = false\n",
-     "settings.ini: [serving] shadow_fraction > 0 needs [monitoring] log_predictions = true"),
+     "settings.ini: [serving] shadow_fraction or canary_fraction > 0 needs [monitoring] log_predictions = true"),
+    ("[serving]\nshadow_fraction = 0.1\ncanary_fraction = 0.1\n", "the challenger is either a shadow"),
+    ("[monitoring]\nhash_fields = subject\n", "hash_fields needs salt_env"),
+    ("[monitoring]\nsalt_env = MLOPS_NB_SALT\n", "salt_env"),
 ])
 def test_bad_values_are_rejected_naming_section_key_and_allowed_values(tmp_path, text, expected):
     with pytest.raises(SettingsError) as error:
