@@ -6,7 +6,7 @@ Needs no build: a temporary project whose sqlite registry holds one version's mo
 registered figure is all the check reads), a prediction log of `--rows` one-row champion records over ten days with
 `--features` values each and UUID-long request ids, and a CSV of true labels for a `--labelled` share of the rows
 (95% agreeing with the answer), in random order. `mlops-nb monitor --log LOG --labels CSV --json` runs as a
-subprocess (benchmarks/batch.py's wrapper): wall time (start-up included) and its peak RSS (`os.wait4`'s ru_maxrss).
+subprocess (benchmarks/batch.py's wrapper): wall and CPU time (start-up included), peak RSS (`os.wait4`'s ru_maxrss).
 """
 
 from __future__ import annotations
@@ -100,11 +100,14 @@ def main() -> None:
     assert (joined["answered_rows"], joined["labelled_rows"]) == (args.rows, labelled), joined
     print(f"## mlops-nb monitor --labels: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; wall "
           "time includes start-up (imports, registry)\n")
-    print("| rows | labels | log MiB | labels MiB | wall s | check s | rows/s | peak RSS MiB | windows | status |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {args.rows:,} | {labelled:,} | {sizes[0]:.0f} | {sizes[1]:.0f} | {figures['wall_s']:.1f} | "
-          f"{joined['seconds']:.1f} | {args.rows / figures['wall_s']:,.0f} | {figures['peak_rss_kib'] / 1024:.0f} | "
-          f"{sum(len(v['windows']) for v in verdict['versions'])} | {verdict['status']} |")
+    columns = ["rows", "labels", "log MiB", "labels MiB", "wall s", "CPU s", "check s", "rows/s", "peak RSS MiB",
+               "windows", "status"]
+    values = [f"{args.rows:,}", f"{labelled:,}", f"{sizes[0]:.0f}", f"{sizes[1]:.0f}", f"{figures['wall_s']:.1f}",
+              f"{figures['cpu_s']:.1f}", f"{joined['seconds']:.1f}", f"{args.rows / figures['wall_s']:,.0f}",
+              f"{figures['peak_rss_kib'] / 1024:.0f}", str(sum(len(v["windows"]) for v in verdict["versions"])),
+              verdict["status"]]
+    for line in (columns, ["---"] * len(columns), values):
+        print("| " + " | ".join(line) + " |")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ class LabelIndex:
     """Labels keyed by (request id, row), sorted by key; a key given twice keeps its last label."""
 
     def __init__(self, path: Path | str):
-        self.path, self.codes = str(path), {}  # label text -> code, shared with the logged answers
+        self.codes: dict[str, int] = {}  # label text -> code, shared with the logged answers
         keys, codes, chunk_keys, chunk_codes = [], [], [], []
         for request_id, row, label in iter_labels(path):
             chunk_keys.append(_key(request_id, row))
@@ -165,7 +165,9 @@ def _join(paths: list[Path], index: LabelIndex, width: float, since: float | Non
             skipped["shadow" if role == "shadow" else "failed, unanswered"] += 1  # not the answer the caller got
             continue
         key = (record["model_name"], str(record["model_version"]), int(t // width))
-        group = groups.get(key) or groups.setdefault(key, _Group())
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = _Group()
         group.rows += len(record["labels"])
         for row, answer in enumerate(record["labels"]):
             keys.append(_key(record["request_id"], row))
@@ -176,6 +178,12 @@ def _join(paths: list[Path], index: LabelIndex, width: float, since: float | Non
     if keys:
         flush()
     return groups
+
+
+def _order(item: tuple) -> tuple:
+    """(model name, version, window number) with version 2 before version 10."""
+    (name, version, number), _ = item
+    return name, version.zfill(12), number
 
 
 def _iso(t: float) -> str:
@@ -208,7 +216,7 @@ def check_accuracy(settings, files: Iterable[Path | str], labels: Path | str, *,
     width = m.accuracy_window_hours * 3600
     groups = _join(paths, index, width, since, until, counts)
     versions: dict[tuple[str, str], VersionAccuracy] = {}
-    for (name, version, number), group in sorted(groups.items(), key=lambda kv: (kv[0][:2], kv[0][2])):
+    for (name, version, number), group in sorted(groups.items(), key=_order):
         if (name, version) not in versions:
             registered = gate_score(version_card(name, version, settings), metric)
             versions[name, version] = VersionAccuracy(name, version, registered, TOO_FEW)
@@ -225,10 +233,11 @@ def check_accuracy(settings, files: Iterable[Path | str], labels: Path | str, *,
     reasons = [_reason(v, metric, m) for v in ordered]
     statuses = {v.status for v in ordered}
     status = DEGRADED if DEGRADED in statuses else OK if OK in statuses else "cannot judge"
-    if not versions:
+    if not paths:
+        reasons.append("no prediction log found: serve the model with [monitoring] log_predictions = true")
+    elif not versions:
         outside = counts["skipped"].get("outside --since/--until")
-        reasons.append(f"no answers in {', '.join(map(str, paths)) or 'no prediction log'}" +
-                       (" in the window" if outside else ""))
+        reasons.append(f"no answers in {', '.join(map(str, paths))}" + (" in the window" if outside else ""))
     joined = {"labels_file": str(labels), "labels": len(index), "duplicate_labels": index.duplicates,
               "labelled_rows": sum(w.labelled for v in versions.values() for w in v.windows),
               "answered_rows": sum(w.rows for v in versions.values() for w in v.windows),
