@@ -18,7 +18,7 @@ from mlops_nb.settings import SettingsError, load_settings
 from mlops_nb.streaming import StreamError
 from mlops_nb.traffic import SHIFTS
 
-__all__ = ["main"]
+__all__ = ["main", "last_deployed"]
 
 DEPLOYED = "deployed.json"  # in products/: what `mlops-nb deploy` built last (a notebook's deploy never writes it)
 
@@ -108,7 +108,8 @@ def _deploy(args) -> int:
     model, bento = deploy(args.version, settings, gpu=args.gpu)
     deployed = {"bento_tag": str(bento.tag), "model_tag": str(model.tag),
                 "model_version": model.info.metadata["model_version"],
-                "shadow_version": model.info.labels.get("shadow_version"), "gpu": args.gpu}
+                "shadow_version": model.info.labels.get("shadow_version"),
+                "fallback_version": model.info.labels.get("fallback_version"), "gpu": args.gpu}
     write_json(settings.products_dir / DEPLOYED, {**deployed, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     print(json.dumps(deployed, indent=2))
     return 0
@@ -203,6 +204,13 @@ def _history(args) -> int:
     return 1 if problems else 0
 
 
+def last_deployed(products: Path) -> dict | None:
+    """What was deployed last: the build's bento task, or `mlops-nb deploy` after it (None: neither ran)."""
+    deployed = max([p for p in (products / "bento/bento.json", products / DEPLOYED) if p.is_file()],
+                   key=lambda p: p.stat().st_mtime_ns, default=None)
+    return json.loads(deployed.read_text()) if deployed else None
+
+
 def _status(args) -> int:
     from mlops_nb.ledger import entries
     from mlops_nb.registry import CHALLENGER, CHAMPION, version_card
@@ -219,12 +227,9 @@ def _status(args) -> int:
             "model_version", "variant", "test_accuracy", "run_id"}) if version else None
 
     registration = products / "register/registration.json"  # the last build's register task (partial builds too)
-    # what was deployed last: the build's bento task, or `mlops-nb deploy` after it
-    deployed = max([p for p in (products / "bento/bento.json", products / DEPLOYED) if p.is_file()],
-                   key=lambda p: p.stat().st_mtime_ns, default=None)
     status = {"model_name": name, "champion": card(CHAMPION), "challenger": card(CHALLENGER),
               "last_build": json.loads(registration.read_text()) if registration.is_file() else None,
-              "serving": json.loads(deployed.read_text()) if deployed else None,
+              "serving": last_deployed(products),
               "last_ledger_entry": ledger[-1].model_dump(mode="json") if ledger else None}
     if args.json:
         print(json.dumps(status, indent=2))
@@ -247,13 +252,30 @@ def _status(args) -> int:
     return 0
 
 
+def _canary(verdict, settings, args) -> int:
+    from mlops_nb.canary_verdict import apply_verdict, table
+
+    done, refused = apply_verdict(verdict, settings) if args.apply and verdict.verdict else (None, False)
+    if args.json:
+        print(json.dumps({**verdict.to_dict(), "applied": done}, indent=2))
+    else:
+        print(table(verdict) + (f"\napplied  {done}" if done else ""))
+    return 3 if refused else verdict.exit_code
+
+
 def _compare(args) -> int:
+    from mlops_nb.canary_verdict import judge_canary
     from mlops_nb.compare import compare_shadow, read_labels
 
     settings = load_settings()
     log = args.log or settings.path(settings.monitoring.prediction_log)
     try:
         labels = read_labels(args.labels) if args.labels else None
+        verdict = judge_canary(log, labels, settings)
+        if verdict.canary is not None:
+            return _canary(verdict, settings, args)
+        if args.apply:
+            raise ValueError(f"--apply acts on a canary verdict, and {log} holds no canary traffic")
         result = compare_shadow(log, labels)
     except (OSError, ValueError) as error:
         print(f"mlops-nb compare: {error}", file=sys.stderr)
@@ -282,6 +304,21 @@ def _compare(args) -> int:
               "while the registry's challenger is another version than the champion, and serve", file=sys.stderr)
         return 1
     return 0
+
+
+def _readiness(args) -> int:
+    from mlops_nb.products import atomic_path
+    from mlops_nb.readiness import readiness
+    from mlops_nb.readiness_report import to_html, to_text
+
+    report = readiness(load_settings())
+    if args.html:
+        with atomic_path(args.html) as tmp:
+            tmp.write_text(to_html(report))
+    print(json.dumps(report.to_dict(), indent=2) if args.json else to_text(report))
+    if args.html:
+        print(f"report {args.html}", file=sys.stderr)
+    return report.exit_code
 
 
 def _reproduce(args) -> int:
@@ -532,13 +569,30 @@ def main(argv: list[str] | None = None) -> int:
     status = commands.add_parser("status", help="champion, challenger, last build, serving version, last ledger entry")
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=_status)
-    compare = commands.add_parser("compare", help="champion against the shadow challenger from the prediction log: "
-                                                  "agreement, and accuracy with a labels file")
-    compare.add_argument("--log", type=Path, help="a prediction log (default: [monitoring] prediction_log)")
+    compare = commands.add_parser("compare", help="champion against the challenger from the prediction log. A "
+                                  "canary: each version's failure rate and, with labels, its [gates] metric with an "
+                                  "interval and a test of the difference at [serving] canary_alpha, and a verdict "
+                                  "(roll back when the failure rate exceeds the champion's by more than "
+                                  "canary_max_excess_failure_rate over canary_min_requests, or when significantly "
+                                  "worse; promote when significantly better; keep otherwise, also under [monitoring] "
+                                  "min_labelled_rows): exit 0 promote or keep, 1 roll back, 2 cannot judge, 3 the "
+                                  "gates refused --apply's promotion. A shadow: agreement, and accuracy with labels")
+    compare.add_argument("--log", type=Path, help="a prediction log, with its rotated PATH.N siblings (default: "
+                                                  "[monitoring] prediction_log)")
     compare.add_argument("--labels", type=Path, help="true labels that arrived later: CSV or JSON lines with "
                                                      "request_id, label and optionally row (default 0)")
+    compare.add_argument("--apply", action="store_true", help="act on a canary verdict: promote = `mlops-nb promote` "
+                         "of the canary (the gates apply); roll back = canary-stop.json beside the log (the served "
+                         "process stops routing to the canary) and a ledger entry removing the challenger alias, "
+                         "with the figures; keep = nothing")
     compare.add_argument("--json", action="store_true")
     compare.set_defaults(run=_compare)
+    ready = commands.add_parser("readiness", help="the production-readiness checklist for the champion, computed from "
+                                "products/evidence/, the registry and the project: pass, fail, not applicable or not "
+                                "checked per item with its evidence and fix (exit 1 when a required item fails)")
+    ready.add_argument("--json", action="store_true", help="the items as JSON")
+    ready.add_argument("--html", type=Path, help="also write the report as an HTML page to this file")
+    ready.set_defaults(run=_readiness)
     reproduce = commands.add_parser("reproduce", help="rebuild a registered version from its commit, snapshot and "
                                                       "settings in a clean workspace; compare hashes and metrics "
                                                       "(exit 0 match, 1 differ, 2 refused)")

@@ -16,8 +16,9 @@ from mlops_nb.settings import GatesSettings, Settings, load_settings
 from mlops_nb.tracking import connect, resume_run
 
 __all__ = ["GateResult", "RegistryError", "evaluate_gates", "gate", "gate_score", "register_onnx", "champion",
-           "champion_card", "version_card", "apply_gates", "promote", "rollback", "download_version", "fetch_version",
-           "CHAMPION", "CHALLENGER", "CARD_FILE", "EXTRA_FILES", "REFERENCE_PROFILE"]
+           "champion_card", "version_card", "apply_gates", "promote", "rollback", "previous_champion",
+           "download_version", "fetch_version", "CHAMPION", "CHALLENGER", "CARD_FILE", "EXTRA_FILES",
+           "REFERENCE_PROFILE"]
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 EXTRA_FILES = "extra_files"  # where MLflow puts a logged model's extra files, in a fetched version's folder
@@ -212,14 +213,19 @@ def promote(model_name: str, version: str, *, reason: str, force: bool = False,
     return result, entry
 
 
-def rollback(model_name: str, *, reason: str, settings: Settings | None = None) -> Entry:
-    """Make the previous champion (the one the ledger's last champion move replaced) the champion again."""
+def previous_champion(model_name: str, settings: Settings | None = None) -> str | None:
+    """The previous champion: the version the ledger's last champion move replaced (None: there is none)."""
     moves = [e for e in entries(model_name, settings) if e.alias == CHAMPION]
-    if not moves or moves[-1].from_version is None:
+    return moves[-1].from_version if moves else None
+
+
+def rollback(model_name: str, *, reason: str, settings: Settings | None = None) -> Entry:
+    """Make the previous champion the champion again."""
+    previous = previous_champion(model_name, settings)
+    if previous is None:
         raise RegistryError(f"{model_name} has no previous champion to roll back to (`mlops-nb history` shows the "
                             "ledger)")
-    return append(model_name, alias=CHAMPION, to_version=moves[-1].from_version, reason=f"rollback: {reason}",
-                  settings=settings)
+    return append(model_name, alias=CHAMPION, to_version=previous, reason=f"rollback: {reason}", settings=settings)
 
 
 def download_version(model_name: str, alias_or_version: str, dest: Path | str,

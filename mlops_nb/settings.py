@@ -214,7 +214,7 @@ class ServingSettings(_Section):
     fallback: Literal["error", "previous_champion"] = "error"
     fallback_budget_ms: float = Field(0, ge=0)
     canary_fraction: float = Field(0.0, ge=0, le=1)
-    canary_alpha: float = Field(0.05, gt=0, lt=1)
+    canary_alpha: float = Field(0.01, gt=0, lt=1)
     canary_max_excess_failure_rate: float = Field(0.01, ge=0, le=1)
     canary_min_requests: int = Field(200, ge=1)
 
@@ -300,6 +300,27 @@ class OrchestratorSettings(_Section):
         return "://" in self.storage
 
 
+READINESS_ITEMS = 16  # the checklist's items (docs: `mlops-nb readiness`)
+
+
+class ReadinessSettings(_Section):
+    owner: str = ""
+    escalation: str = ""
+    required: tuple[int, ...] = (1, 2, 7, 8, 9, 11, 12, 14)
+    max_backup_age_days: float = Field(7, gt=0)
+    bandit_severity: Literal["low", "medium", "high"] = "medium"
+
+    @field_validator("required", mode="before")
+    @classmethod
+    def _split_items(cls, value):
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            if not all(p.isdigit() and 1 <= int(p) <= READINESS_ITEMS for p in parts):
+                raise ValueError(f"expected comma-separated item numbers from 1 to {READINESS_ITEMS}, e.g. 1,7,12")
+            return tuple(int(p) for p in parts)
+        return value
+
+
 class Settings(_Section):
     """All project settings; `root` is the folder holding settings.ini, and relative paths resolve against it."""
 
@@ -318,6 +339,7 @@ class Settings(_Section):
     monitoring: MonitoringSettings = MonitoringSettings()
     streaming: StreamingSettings = StreamingSettings()
     orchestrator: OrchestratorSettings = OrchestratorSettings()
+    readiness: ReadinessSettings = ReadinessSettings()
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

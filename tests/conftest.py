@@ -219,8 +219,9 @@ def registry(tmp_path):
     return settings, onnx_path
 
 
-def register(settings, onnx_path, accuracy):
-    """Register the ONNX model with a model card claiming `accuracy`, then apply gates (floor 0.9, margin 0.01)."""
+def register(settings, onnx_path, accuracy, **card_fields):
+    """Register the ONNX model with a model card claiming `accuracy` (and `card_fields`), then apply gates (floor
+    0.9, margin 0.01)."""
     import numpy as np
 
     from mlops_nb.contracts import ModelCard
@@ -228,9 +229,10 @@ def register(settings, onnx_path, accuracy):
     from mlops_nb.tracking import start_training_run
 
     run_id = start_training_run(params={"lr": 0.1}, data_hash="abc", settings=settings)
-    card = ModelCard(model_name="gate-test", run_id=run_id, variant="fp32", features=["a", "b", "c", "d"],
-                     classes=["x", "y", "z"], feature_min=0, feature_max=1, data_sha256="abc", onnx_sha256="def",
-                     weights_sha256="123", test_accuracy=accuracy, parity_max_abs_diff=1e-7)
+    card = ModelCard(**{**dict(model_name="gate-test", run_id=run_id, variant="fp32", features=["a", "b", "c", "d"],
+                               classes=["x", "y", "z"], feature_min=0, feature_max=1, data_sha256="abc",
+                               onnx_sha256="def", weights_sha256="123", test_accuracy=accuracy,
+                               parity_max_abs_diff=1e-7), **card_fields})
     version = register_onnx(card=card, onnx_path=onnx_path, input_example=np.zeros((2, 4)),
                             extra={"reference_profile.json": {"range": [0, 1]}}, settings=settings)
     result = apply_gates(card, version.version, settings.gates, settings)

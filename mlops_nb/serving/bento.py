@@ -17,18 +17,20 @@ from pathlib import Path
 
 import yaml
 
-from mlops_nb.contracts import PROFILE_FILE, SHADOW_FOLDER, ModelCard
-from mlops_nb.registry import CARD_FILE, CHALLENGER, CHAMPION, REFERENCE_PROFILE, RegistryError, fetch_version
+from mlops_nb.contracts import FALLBACK_FOLDER, PROFILE_FILE, SHADOW_FOLDER, ModelCard
+from mlops_nb.registry import (CARD_FILE, CHALLENGER, CHAMPION, REFERENCE_PROFILE, RegistryError, champion,
+                               fetch_version, previous_champion)
 from mlops_nb.tracking import connect
 from mlops_nb.settings import Settings, load_settings
 
-__all__ = ["import_version", "deploy", "build_bento", "bentoml_serve", "served", "Server", "free_port", "BUNDLED_FILES",
-           "CARD"]
+__all__ = ["import_version", "deploy", "fallback_version", "build_bento", "bentoml_serve", "served", "Server",
+           "free_port", "BUNDLED_FILES", "CARD"]
 
 # file in the bento model <- file in the MLflow model folder
 BUNDLED_FILES = {"model.onnx": "model.onnx", PROFILE_FILE: REFERENCE_PROFILE}
 FRAMEWORK_SOURCE = Path(__file__).resolve().parents[2]  # the folder holding the mlops_nb package
 CARD = CARD_FILE  # the same name in the bento model as in the registered version
+logger = logging.getLogger("mlops_nb.deploy")
 
 
 def _bundle(folder: Path, card: ModelCard, dest: Path) -> None:
@@ -39,27 +41,38 @@ def _bundle(folder: Path, card: ModelCard, dest: Path) -> None:
     (dest / CARD).write_text(card.model_dump_json(indent=2))
 
 
-def import_version(version: str = CHAMPION, settings: Settings | None = None, *, shadow: str | None = None):
+# a version bundled beside the served one (DECISION 5): who it is, and what to do when its contract differs
+BESIDE = {SHADOW_FOLDER: ("the challenger", "a shadow must answer the same requests with the same labels. Register "
+                                            "a compatible challenger, or set [serving] shadow_fraction = 0"),
+          FALLBACK_FOLDER: ("the previous champion", "a fallback must answer the same requests with the same labels. "
+                                                     "Set [serving] fallback = error, or roll back first")}
+
+
+def import_version(version: str = CHAMPION, settings: Settings | None = None, *, shadow: str | None = None,
+                   fallback: str | None = None):
     """Copy a registered version's (by default the champion's) ONNX file, model card and drift reference into the
-    BentoML model store: the newest model there is what the service serves. `shadow`: a version to bundle as the
-    shadow challenger (in the model's `SHADOW_FOLDER`); its features, classes and input contract must match."""
+    BentoML model store: the newest model there is what the service serves. `shadow` / `fallback`: a version to
+    bundle as the shadow challenger / the fallback (in the model's `SHADOW_FOLDER` / `FALLBACK_FOLDER`); its
+    features, classes and input contract must match."""
     import bentoml
 
     settings = settings or load_settings()
     name = settings.registry.model_name
+    beside = {folder: str(v) for folder, v in {SHADOW_FOLDER: shadow, FALLBACK_FOLDER: fallback}.items() if v}
     with tempfile.TemporaryDirectory() as tmp:
         folder, card = fetch_version(name, version, Path(tmp) / "model", settings)
-        challenger = fetch_version(name, shadow, Path(tmp) / "shadow", settings) if shadow else None
-        if challenger and (differs := [f for f in ("input_contract", "features", "classes")
-                                       if getattr(card, f) != getattr(challenger[1], f)]):
-            raise RegistryError(f"the challenger v{shadow} differs from v{card.model_version} in {', '.join(differs)}:"
-                                " a shadow must answer the same requests with the same labels. Register a "
-                                "compatible challenger, or set [serving] shadow_fraction = 0")
-        labels = {"registry_version": card.model_version, **({"shadow_version": str(shadow)} if shadow else {})}
+        fetched = {sub: fetch_version(name, v, Path(tmp) / sub, settings) for sub, v in beside.items()}
+        for sub, (_, other) in fetched.items():
+            if differs := [f for f in ("input_contract", "features", "classes")
+                           if getattr(card, f) != getattr(other, f)]:
+                who, advice = BESIDE[sub]
+                raise RegistryError(f"{who} v{other.model_version} differs from v{card.model_version} in "
+                                    f"{', '.join(differs)}: {advice}")
+        labels = {"registry_version": card.model_version, **{f"{sub}_version": v for sub, v in beside.items()}}
         with bentoml.models.create(name, labels=labels, metadata=card.model_dump(mode="json")) as model:
             _bundle(folder, card, Path(model.path))
-            if challenger:
-                _bundle(*challenger, Path(model.path) / SHADOW_FOLDER)
+            for sub, (other_folder, other) in fetched.items():
+                _bundle(other_folder, other, Path(model.path) / sub)
     return model
 
 
@@ -74,12 +87,31 @@ def shadow_version(served: str, settings: Settings) -> str | None:
     return aliases[CHALLENGER] if aliases.get(CHALLENGER) not in (None, served) else None
 
 
+def fallback_version(served: str, settings: Settings) -> str | None:
+    """The version to bundle as fallback for `served` (a number or `champion`) when `[serving] fallback =
+    previous_champion`: the previous champion (the version `mlops-nb rollback` would go to), when it is another
+    version; else None, with a warning that failures will be answered 503 (fallback = error)."""
+    if settings.serving.fallback != "previous_champion":
+        return None
+    name = settings.registry.model_name
+    found = champion(name, settings) if served == CHAMPION else None
+    served = str(found.version) if found else str(served)
+    previous = previous_champion(name, settings)
+    if previous in (None, served):
+        logger.warning("[serving] fallback = previous_champion, but %s has no previous champion other than the served "
+                       "version %s (`mlops-nb history`): the bento answers a failed model call with 503, as "
+                       "fallback = error does", name, served)
+        return None
+    return previous
+
+
 def deploy(version: str = CHAMPION, settings: Settings | None = None, *, gpu: bool = False):
-    """Build the bento for a registered version (default: the champion), with the shadow challenger when one is
-    configured: import, then build; returns both. The DAG's bento task calls this for the champion; after
-    `mlops-nb rollback`, `mlops-nb deploy` serves the previous champion without retraining."""
+    """Build the bento for a registered version (default: the champion), with the shadow challenger and the
+    fallback when they are configured: import, then build; returns both. The DAG's bento task calls this for the
+    champion; after `mlops-nb rollback`, `mlops-nb deploy` serves the previous champion without retraining."""
     settings = settings or load_settings()
-    model = import_version(version, settings, shadow=shadow_version(version, settings))
+    model = import_version(version, settings, shadow=shadow_version(version, settings),
+                           fallback=fallback_version(version, settings))
     return model, build_bento(settings, gpu=gpu)
 
 

@@ -1,7 +1,8 @@
 """The project's HTTP front: an ASGI layer outside BentoML's app, doing only what a request needs."""
 
 # `POST /predict` is parsed with orjson, validated as a whole array, scored inline by ONNX Runtime (microseconds
-# for a small model) or through the in-process batcher, answered, and handed to the prediction log's queue.
+# for a small model) or through the in-process batcher, answered, and handed to the prediction log's queue. A call
+# that fails (or runs past [serving] fallback_budget_ms, in a worker thread) is answered by `Fallback`.
 # `POST /explain` passes the same checks and is scored in a worker thread (one ONNX row per row and feature).
 # BentoML's own per-request middlewares (access log, tracing, its traffic metrics) are skipped on these routes;
 # every other path (`/healthz`, `/readyz`, `/metrics`, `/schema.json`, ...) goes to BentoML's app unchanged.
@@ -16,6 +17,7 @@ import time
 
 import orjson
 
+from mlops_nb.serving.fallback import ModelFailed
 from mlops_nb.serving.scoring import InvalidInput, RowError, ScoringCore
 
 __all__ = ["Endpoint"]
@@ -37,6 +39,12 @@ def _wrong_method(method: str) -> tuple:
                                                                                             method.encode())]
 
 
+def _subject(scope) -> str | None:
+    """The request's `X-Subject` header (the key of whatever it is about), logged as `subject`."""
+    subject = dict(scope["headers"]).get(b"x-subject")
+    return subject.decode("latin-1") if subject else None
+
+
 def _numbers_only(body: bytes) -> bool:
     """True when the body's rows (all after the first `[`) hold only numbers: no strings, booleans or nulls."""
     start = body.find(b"[")
@@ -46,15 +54,16 @@ def _numbers_only(body: bytes) -> bool:
 class Endpoint:
     """ASGI app: the project's routes, then BentoML's app (`app`) for everything else.
 
-    `core` (the scoring core), `log` (prediction-log writer), `metrics`, `batcher` and `shadow` are attached by the
-    BentoML service when its worker starts; until then the project's routes answer 503.
+    `core` (the scoring core), `log` (prediction-log writer), `metrics`, `batcher`, `shadow` and `fallback` (runs
+    model calls, answers failed ones) are attached by the BentoML service when its worker starts; until then the
+    project's routes answer 503.
     """
 
     def __init__(self, app, settings, openapi: dict | None = None) -> None:
         self.app = app
         self.settings = settings
         self.core: ScoringCore | None = None
-        self.log = self.metrics = self.batcher = self.shadow = None
+        self.log = self.metrics = self.batcher = self.shadow = self.fallback = None
         self.api_key: bytes | None = None
         self.openapi = openapi
         self.in_flight = 0
@@ -130,8 +139,8 @@ class Endpoint:
                     [(b"retry-after", b"1")])
         self.in_flight += 1
         try:
-            status, body = await handler(scope, receive, request_id)
-            return status, body, []
+            answer = await handler(scope, receive, request_id)
+            return answer if len(answer) == 3 else (*answer, [])
         finally:
             self.in_flight -= 1
 
@@ -160,16 +169,19 @@ class Endpoint:
         rows, features = await self._validated(scope, receive, request_id)
         if rows is None:
             return features
-        probabilities = await self.batcher.score(features) if self.batcher else self.core.score(features)
+        core, fallback = self.core, self.fallback
+        try:  # inline (the fast path) unless a time budget or the batcher takes the call off the event loop
+            probabilities = (await fallback.call(core, features, self.batcher) if self.batcher or fallback.budget_ms
+                             else fallback.score(core, features))
+        except ModelFailed as failure:
+            return fallback.answer(failure, core, rows, features, request_id, started, _subject(scope))
         if self.log:
-            subject = dict(scope["headers"]).get(b"x-subject")
-            self.log.put(self.core.record(rows, probabilities, request_id, started,
-                                          subject=subject.decode("latin-1") if subject else None))
+            self.log.put(core.record(rows, probabilities, request_id, started, subject=_subject(scope)))
         if self.shadow:
             self.shadow.offer(features, request_id)
         if self.metrics:
             self.metrics.rows.inc(len(rows))
-        return 200, orjson.dumps(self.core.answer(probabilities, request_id), option=ORJSON)
+        return 200, orjson.dumps(core.answer(probabilities, request_id), option=ORJSON)
 
     async def _explain(self, scope, receive, request_id: str) -> tuple:
         rows, features = await self._validated(scope, receive, request_id)
@@ -198,7 +210,7 @@ class Endpoint:
         body = {**self.core.card.model_dump(mode="json"), "n_features": self.core.card.n_features,
                 "provider": self.core.provider, "batching": self.settings.batching,
                 "shadow": {"model_version": self.shadow.core.card.model_version, "fraction": self.shadow.fraction}
-                if self.shadow else None}
+                if self.shadow else None, "fallback": self.fallback.describe(self.settings.fallback)}
         return 200, orjson.dumps(body), []
 
     async def docs(self, scope, receive, request_id: str) -> tuple:

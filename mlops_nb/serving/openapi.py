@@ -3,14 +3,20 @@ body as it is sent (schemathesis checks the bento against it)."""
 
 from __future__ import annotations
 
-from mlops_nb.contracts import ModelCard
+from typing import get_args
+
+from mlops_nb.contracts import ModelCard, PredictionRecord
 
 __all__ = ["openapi_document"]
+
+FALLBACK_REASONS = get_args(get_args(PredictionRecord.model_fields["fallback_reason"].annotation)[0])
 
 ERROR = {"type": "object", "required": ["error", "message"], "properties": {
     "error": {"type": "string", "description": "machine-readable code, e.g. invalid_input"},
     "message": {"type": "string", "description": "what was wrong and what to do"},
     "request_id": {"type": "string"},
+    "reason": {"type": "string", "enum": list(FALLBACK_REASONS), "description": "model_failed: why the call failed"},
+    "failed_version": {"type": "string", "description": "model_failed: the version whose call failed"},
     "errors": {"type": "array", "description": "per-row reasons (the first few)", "items": {
         "type": "object", "required": ["field", "reason"], "properties": {
             "field": {"type": "string", "description": "e.g. instances[0][3]"},
@@ -22,7 +28,8 @@ def _errors(*codes: int) -> dict:
     words = {400: "invalid JSON or rows (the field is named)", 401: "missing or wrong API key",
              413: "body larger than [serving] max_body_bytes", 415: "body not sent as application/json",
              501: "this version's model card has no training means (registered before /explain existed)",
-             503: "overloaded or still loading: retry after Retry-After seconds"}
+             503: "overloaded or still loading: retry after Retry-After seconds; or model_failed: the model call "
+                  "failed (`reason`) and no fallback answered"}
     return {str(code): {"description": words[code], "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/Error"}}}} for code in codes}
 
@@ -43,7 +50,11 @@ def openapi_document(card: ModelCard, *, max_rows: int, api_key: bool, title: st
                                       "enum": list(card.classes)},
                             "probabilities": {"type": "array", "items": {"type": "number"}}}}},
                     "model_name": {"type": "string"}, "model_version": {"type": "string", "nullable": True},
-                    "request_id": {"type": "string"}}}
+                    "request_id": {"type": "string"},
+                    "fallback": {"type": "object", "description": "only when the routed version failed and the "
+                                 "previous champion answered (also said by the X-Fallback header)", "properties": {
+                                     "reason": {"type": "string", "enum": list(FALLBACK_REASONS)},
+                                     "failed_version": {"type": "string"}, "answered_by": {"type": "string"}}}}}
     prediction = response["properties"]["predictions"]["items"]
     explained = {"type": "object", "required": [*response["required"], "features", "method"], "properties": {
         **response["properties"],

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import bentoml
 
-from mlops_nb.contracts import CARD_FILE, SHADOW_FOLDER, ModelCard
+from mlops_nb.contracts import CARD_FILE, FALLBACK_FOLDER, SHADOW_FOLDER, ModelCard
 from mlops_nb.settings import load_settings
 
 logger = logging.getLogger("bentoml.mlops_nb")
@@ -53,6 +53,7 @@ class ModelService:
 
         self.core = self._core(Path(self.model.path))
         self.challenger = self._challenger()
+        self.previous = self._previous_champion()
         self.log = self.shadow = None
         card = self.core.card
         logger.info("serving %s version %s on %s (batching %s)", card.model_name, card.model_version,
@@ -67,24 +68,41 @@ class ModelService:
         card = ModelCard.model_validate_json((folder / CARD_FILE).read_text())
         return ScoringCore(folder, card, device=SERVING.device, max_rows=SERVING.max_rows_per_request)
 
+    def _bundled(self, name: str):
+        """The core of the version bundled in the model's sub-folder `name`, or None when there is none."""
+        folder = Path(self.model.path) / name
+        return self._core(folder) if (folder / CARD_FILE).is_file() else None
+
     def _challenger(self):
         """The bundled shadow challenger's core when `[serving] shadow_fraction` is above 0, else None."""
-        folder = Path(self.model.path) / SHADOW_FOLDER
         if not SERVING.shadow_fraction:
             return None
-        if not (folder / CARD_FILE).is_file():
+        if (core := self._bundled(SHADOW_FOLDER)) is None:
             logger.warning("[serving] shadow_fraction = %s, but this bento holds no challenger (`mlops-nb deploy` "
                            "bundles one when the registry's challenger is another version than the served one): "
                            "serving without a shadow", SERVING.shadow_fraction)
             return None
-        core = self._core(folder)
         logger.info("shadow challenger: version %s scores %.0f%% of requests off the request path",
                     core.card.model_version, SERVING.shadow_fraction * 100)
+        return core
+
+    def _previous_champion(self):
+        """The bundled previous champion's core when `[serving] fallback = previous_champion`, else None."""
+        if SERVING.fallback != "previous_champion":
+            return None
+        if (core := self._bundled(FALLBACK_FOLDER)) is None:
+            logger.warning("[serving] fallback = previous_champion, but this bento holds no previous champion "
+                           "(`mlops-nb deploy` bundles it when the ledger has one): a failed model call is answered "
+                           "503, as with fallback = error")
+            return None
+        logger.info("fallback: version %s answers when version %s fails (budget %g ms)", core.card.model_version,
+                    self.core.card.model_version, SERVING.fallback_budget_ms)
         return core
 
     def _attach(self, endpoint, openapi_document) -> None:
         """Give the HTTP front this worker's scoring core, log writer, metrics, batcher and API key."""
         from mlops_nb.serving.batching import Batcher
+        from mlops_nb.serving.fallback import Fallback
         from mlops_nb.serving.metrics import ServingMetrics
         from mlops_nb.serving.prediction_log import PredictionLogWriter
 
@@ -109,6 +127,8 @@ class ModelService:
         if SERVING.batching == "adaptive":
             endpoint.batcher = Batcher(self.core.score, max_batch_size=SERVING.max_batch_size,
                                        max_latency_ms=SERVING.max_latency_ms)
+        endpoint.fallback = Fallback(self.previous, budget_ms=SERVING.fallback_budget_ms, log=self.log,
+                                     on_outcome=lambda reason, outcome: metrics.fallback.labels(reason, outcome).inc())
         endpoint.openapi = openapi_document(card, max_rows=SERVING.max_rows_per_request,
                                             api_key=endpoint.api_key is not None, title=SERVING.service_name)
         endpoint.log, endpoint.metrics, endpoint.core, endpoint.shadow = self.log, metrics, self.core, self.shadow
