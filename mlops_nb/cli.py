@@ -385,6 +385,8 @@ def _monitor(args) -> int:
 
     settings = load_settings()
     files = [f for log in (args.log or [settings.path(settings.monitoring.prediction_log)]) for f in log_files(log)]
+    if args.labels:
+        return _monitor_accuracy(args, settings, files)
     report = None
     try:
         if args.no_report:
@@ -422,6 +424,39 @@ def _monitor(args) -> int:
           (f", gauge {written['gauge']}" if written["gauge"] else ""))
     if report:
         print(f"report {written['report']} (MLflow run {written['report_run']})")
+    return verdict.exit_code
+
+
+def _monitor_accuracy(args, settings, files: list[Path]) -> int:
+    from mlops_nb.accuracy import check_accuracy, record_accuracy
+
+    try:
+        verdict = check_accuracy(settings, files, args.labels, since=args.since, until=args.until)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"mlops-nb monitor: {error}", file=sys.stderr)
+        return 2
+    evidence = record_accuracy(verdict, settings)
+    if args.json:
+        print(json.dumps({**verdict.to_dict(), "evidence": str(evidence)}, indent=2))
+        return verdict.exit_code
+    print(f"{verdict.status.upper()}: {verdict.reasons[0]}")
+    for reason in verdict.reasons[1:]:
+        print(f"  {reason}")
+    metric = verdict.thresholds["metric"]
+    print(f"\n{'version':<8} {'window (UTC)':<36} {'rows':>9} {'labelled':>9} {metric:>10} {'registered':>10} "
+          f"{'drop':>8}  verdict")
+    for v in verdict.versions:
+        for w in v.windows[-10:]:
+            score, drop = ("-", "-") if w.score is None else (f"{w.score:.4f}", f"{w.drop:+.4f}")
+            print(f"v{v.model_version:<7} {w.start + ' .. ' + w.end:<36} {w.rows:>9} {w.labelled:>9} {score:>10} "
+                  f"{v.registered:>10.4f} {drop:>8}  {w.verdict}")
+        if len(v.windows) > 10:
+            print(f"v{v.model_version:<7} ... {len(v.windows) - 10} earlier windows in the evidence")
+    j = verdict.joined
+    print(f"\nlabels {j['labels']} from {j['labels_file']} ({j['duplicate_labels']} given twice: the last counts), "
+          f"{j['labelled_rows']} of {j['answered_rows']} answered rows labelled; {len(j['files'])} log file(s), "
+          f"{j['seconds']:.1f} s" + (f", {j['torn_lines']} torn line(s) skipped" if j["torn_lines"] else ""))
+    print(f"evidence {evidence}")
     return verdict.exit_code
 
 
@@ -588,7 +623,8 @@ def main(argv: list[str] | None = None) -> int:
     reproduce.set_defaults(run=_reproduce)
     monitor = commands.add_parser("monitor", help="data and prediction drift of the prediction log against each "
                                   "version's reference profile, with an HTML report logged to MLflow: exit 0 no "
-                                  "drift, 1 drift (flag written), 2 cannot judge")
+                                  "drift, 1 drift (flag written), 2 cannot judge. With --labels: accuracy on "
+                                  "production data instead")
     monitor.add_argument("--log", action="append", type=Path, help="a prediction log (repeatable; each with its "
                          "rotated PATH.N siblings, oldest first); default: [monitoring] prediction_log")
     monitor.add_argument("--since", type=_moment, help="only records answered from then: Unix time, ISO 8601 (UTC "
@@ -596,6 +632,16 @@ def main(argv: list[str] | None = None) -> int:
     monitor.add_argument("--until", type=_moment, help="only records answered before then (same forms)")
     monitor.add_argument("--no-report", action="store_true", help="the verdict only: no report notebook, HTML or "
                          "MLflow run (faster, no kernel)")
+    monitor.add_argument("--labels", type=Path, help="true labels that arrived later (CSV with header request_id,"
+                         "label[,row], or JSON lines with those keys; row defaults to 0), joined to the logged answers "
+                         "by request id and row. Then monitor checks accuracy instead of drift (run it again without "
+                         "--labels for drift): per version and window of [monitoring] accuracy_window_hours (aligned "
+                         "to UTC midnight for 24), the [gates] metric on the labelled rows against the version's "
+                         "registered test figure; a window is degraded when it is lower by more than "
+                         "max_accuracy_drop over at least min_labelled_rows rows. Shadow answers are not counted; a "
+                         "fallback answer counts for the version that gave it. Exit 0 ok, 1 a version's latest judged "
+                         "window degraded, 2 cannot judge (no window with enough labels) or bad input; evidence in "
+                         "products/evidence/monitor-accuracy.json")
     monitor.add_argument("--json", action="store_true", help="print the verdict and its evidence as JSON")
     monitor.set_defaults(run=_monitor)
     traffic = commands.add_parser("traffic", help="send the build's test rows, resampled and optionally shifted, to a "

@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlops_nb.monitoring import iter_prediction_log
 
-__all__ = ["ShadowComparison", "compare_shadow", "read_labels"]
+__all__ = ["ShadowComparison", "compare_shadow", "iter_labels", "read_labels"]
 
 
 @dataclass
@@ -45,19 +46,38 @@ class ShadowComparison:
                 "challenger_accuracy": self.challenger_accuracy}
 
 
-def read_labels(path: Path | str) -> dict[tuple[str, int], str]:
-    """True labels that arrived later: a CSV (header `request_id,label[,row]`) or JSON lines with those keys; `row`
-    (the row's position in its request) defaults to 0. Keyed by (request id, row); labels as text."""
+def iter_labels(path: Path | str) -> Iterator[tuple[str, int, str]]:
+    """True labels that arrived later, one (request id, row, label) at a time: a CSV (header `request_id,label[,row]`)
+    or JSON lines with those keys; `row` (the row's position in its request) defaults to 0; labels as text.
+    `ValueError` naming the record and the field when one is malformed."""
     path = Path(path)
     with open(path, newline="") as f:
-        records = csv.DictReader(f) if path.suffix.lower() == ".csv" else (json.loads(line) for line in f
-                                                                           if line.strip())
-        labels = {}
+        records = csv.DictReader(f) if path.suffix.lower() == ".csv" else _json_lines(f, path)
         for number, record in enumerate(records, 1):
-            if not {"request_id", "label"} <= set(record):
-                raise ValueError(f"{path}: record {number} lacks request_id or label (it has {sorted(record)})")
-            labels[(str(record["request_id"]), int(record.get("row") or 0))] = str(record["label"])
-    return labels
+            if not isinstance(record, dict) or not {"request_id", "label"} <= set(record):
+                raise ValueError(f"{path}: record {number} lacks request_id or label (it has "
+                                 f"{sorted(record) if isinstance(record, dict) else type(record).__name__})")
+            if record["request_id"] in (None, "") or record["label"] in (None, ""):
+                raise ValueError(f"{path}: record {number} has an empty request_id or label")
+            row = record.get("row")
+            if not (row in (None, "") or str(row).isdigit()):
+                raise ValueError(f"{path}: record {number}: row {row!r} is not a row number (0, 1, ...)")
+            yield str(record["request_id"]), int(row or 0), str(record["label"])
+
+
+def _json_lines(f, path: Path) -> Iterator:
+    for number, line in enumerate(f, 1):
+        if line.strip():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}: line {number} is not JSON ({error.msg}); labels are CSV (.csv, header "
+                                 "request_id,label[,row]) or JSON lines") from None
+
+
+def read_labels(path: Path | str) -> dict[tuple[str, int], str]:
+    """`iter_labels` as a dict keyed by (request id, row): for a few labels (`mlops_nb.accuracy` joins many)."""
+    return {(request_id, row): label for request_id, row, label in iter_labels(path)}
 
 
 def compare_shadow(log: Path | str, labels: dict[tuple[str, int], str] | None = None) -> ShadowComparison:

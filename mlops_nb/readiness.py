@@ -20,8 +20,8 @@ __all__ = ["Item", "Report", "Project", "CHECKLIST", "readiness", "EVIDENCE"]
 PASS, FAIL, NA, UNCHECKED = "pass", "fail", "not applicable", "not checked"
 # products/evidence/ files the checklist reads (their writers: benchmarks/peers.py, `mlops-nb monitor`, `mlops-nb
 # backup`, `mlops-nb compare`, a fuzz run, CI's .ci/run)
-EVIDENCE = {"serving": "serving-benchmark.json", "monitor": "monitor.json", "backup": "backup.json",
-            "compare": "compare.json", "fuzz": "fuzz.json", "ci": "ci.json"}
+EVIDENCE = {"serving": "serving-benchmark.json", "monitor": "monitor.json", "accuracy": "monitor-accuracy.json",
+            "backup": "backup.json", "compare": "compare.json", "fuzz": "fuzz.json", "ci": "ci.json"}
 BUILD = "ploomber build"
 
 
@@ -222,7 +222,7 @@ def monitoring(project: Project) -> Item:
     monitor = project.evidence("monitor")
     drift = _part(False, "the drift monitor never ran", "mlops-nb monitor") if monitor is None else \
         _part(True, f"drift monitor: {monitor['status']}, {_age_days(monitor['checked_at']):.1f} days ago")
-    accuracy = (monitor or {}).get("accuracy")
+    accuracy = project.evidence("accuracy")  # `mlops-nb monitor --labels`
     labelled = _part(None, "no labelled accuracy in the monitor's evidence", "mlops-nb monitor --labels FILE") \
         if not accuracy else _part(True, f"labelled accuracy: {accuracy.get('status', accuracy)}")
     rules = project.alerts
