@@ -69,21 +69,15 @@ class LabelIndex:
 
 
 def confusion_score(confusion: dict[tuple[int, int], int], metric: str) -> float:
-    """`metric` (accuracy, balanced_accuracy, macro_f1: as `research.evaluate.classification_metrics` computes them)
-    from counts of (true, predicted) label codes."""
-    from sklearn.metrics import balanced_accuracy_score, f1_score
+    """`metric` from counts of (true, predicted) label codes, by the canary verdict's `label_metric` (one
+    computation of the [gates] metric from answered labels; roc_auc needs probabilities: `ValueError`)."""
+    from mlops_nb.canary_verdict import label_metric
 
-    pairs = np.array(list(confusion), int).reshape(-1, 2)
-    weights = np.array(list(confusion.values()), float)
-    if metric == "accuracy":
-        return float(weights[pairs[:, 0] == pairs[:, 1]].sum() / weights.sum())
-    if metric == "balanced_accuracy":
-        return float(balanced_accuracy_score(pairs[:, 0], pairs[:, 1], sample_weight=weights))
-    if metric == "macro_f1":
-        return float(f1_score(pairs[:, 0], pairs[:, 1], average="macro", sample_weight=weights))
-    raise ValueError(f"[gates] metric = {metric}: the prediction log holds each row's answer and its confidence, not "
-                     "every class's probability, so accuracy on production data is judged on accuracy, "
-                     "balanced_accuracy or macro_f1 only")
+    size = 1 + max(max(pair) for pair in confusion)
+    matrix = np.zeros((size, size))
+    for (truth, answer), count in confusion.items():
+        matrix[truth, answer] += count
+    return float(label_metric(metric, matrix))
 
 
 @dataclass

@@ -146,7 +146,7 @@ def test_metrics_match_the_gates_metric_function_and_roc_auc_is_refused(tmp_path
     expected = classification_metrics(truth, np.eye(4)[answer])
     for metric in ("accuracy", "balanced_accuracy", "macro_f1"):
         assert confusion_score(pairs, metric) == pytest.approx(expected[metric], abs=1e-12)
-    with pytest.raises(ValueError, match="roc_auc: the prediction log holds each row's answer"):
+    with pytest.raises(ValueError, match="roc_auc needs each row's probabilities"):
         confusion_score(pairs, "roc_auc")
 
 
