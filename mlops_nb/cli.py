@@ -400,6 +400,10 @@ def _log(args) -> int:
     settings = load_settings()
     m = settings.monitoring
     log = args.log or settings.path(m.prediction_log)
+    if args.action == "prune" and (args.request_id or args.subject):
+        print("mlops-nb log prune: removes by age ([monitoring] retention_days); --request-id and --subject are for "
+              "`log erase`", file=sys.stderr)
+        return 2
     if args.action == "prune" and not m.retention_days:
         print("[monitoring] retention_days = 0: every record is kept, nothing to prune", file=sys.stderr)
         return 0

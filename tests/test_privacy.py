@@ -188,6 +188,7 @@ def test_prune_removes_records_past_retention_and_whole_old_files(project, capsy
     assert "nothing to prune" in cli(capsys, "log", "prune")[2] and log_files(path) == files
 
     monkeypatch.setenv("MLOPS_NB_MONITORING_RETENTION_DAYS", "5")
+    assert cli(capsys, "log", "prune", "--subject", "alice")[0] == 2 and log_files(path) == files
     code, out, _ = cli(capsys, "log", "prune")
     assert code == 0 and "removed 40 record(s)" in out
     assert sum(line.endswith("(file deleted)") for line in file_lines(out).values()) >= 2
