@@ -288,13 +288,33 @@ def test_a_served_subject_is_hashed_in_the_log_and_erased_while_serving(built_pr
 
 @pytest.mark.engines
 def test_a_service_refuses_to_start_without_the_salt(built_project, tmp_path):
-    from mlops_nb.serving.bento import served
+    """Each worker refuses at start with the message (BentoML restarts it; the service never gets ready)."""
+    import os
+    import signal
+
+    from mlops_nb.serving.bento import free_port
 
     env = project_env(built_project, MLOPS_NB_MONITORING_PREDICTION_LOG=str(tmp_path / "p.jsonl"),
                       MLOPS_NB_MONITORING_HASH_FIELDS="subject", MLOPS_NB_MONITORING_SALT_ENV=SALT_ENV)
     env.pop(SALT_ENV, None)
-    with pytest.raises(RuntimeError, match="exited"):
-        with served(bento_tag(built_project), cwd=built_project, env=env, log=tmp_path / "serve.log", timeout_s=120):
-            pass
-    assert f"environment variable {SALT_ENV} ([monitoring] salt_env) is empty" in (tmp_path / "serve.log").read_text()
-    assert not (tmp_path / "p.jsonl").exists()
+    port, log = free_port(), tmp_path / "serve.log"
+    message = f"environment variable {SALT_ENV} ([monitoring] salt_env) is empty"
+    with open(log, "w") as out:
+        process = subprocess.Popen([str(BIN / "bentoml"), "serve", bento_tag(built_project), "--host", "127.0.0.1",
+                                    "--port", str(port)], cwd=built_project, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        for _ in range(600):
+            if message in log.read_text() or process.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert message in log.read_text()
+        try:
+            ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code
+        except httpx.HTTPError:  # no worker answers
+            ready = None
+        assert ready != 200 and not (tmp_path / "p.jsonl").exists()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=60)
