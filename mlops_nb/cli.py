@@ -13,6 +13,7 @@ from pathlib import Path
 from mlops_nb.edge import EdgeError
 from mlops_nb.ledger import LedgerError
 from mlops_nb.orchestrators import OrchestratorError
+from mlops_nb.privacy import PrivacyError
 from mlops_nb.registry import RegistryError
 from mlops_nb.settings import SettingsError, load_settings
 from mlops_nb.streaming import StreamError
@@ -460,6 +461,34 @@ def _monitor_accuracy(args, settings, files: list[Path]) -> int:
     return verdict.exit_code
 
 
+def _log(args) -> int:
+    from mlops_nb.log_admin import erase, prune
+
+    settings = load_settings()
+    m = settings.monitoring
+    log = args.log or settings.path(m.prediction_log)
+    if args.action == "prune" and (args.request_id or args.subject):
+        print("mlops-nb log prune: removes by age ([monitoring] retention_days); --request-id and --subject are for "
+              "`log erase`", file=sys.stderr)
+        return 2
+    if args.action == "prune" and not m.retention_days:
+        print("[monitoring] retention_days = 0: every record is kept, nothing to prune", file=sys.stderr)
+        return 0
+    if args.action == "erase" and not (args.request_id or args.subject):
+        print("mlops-nb log erase: give --request-id ID or --subject KEY (each repeatable)", file=sys.stderr)
+        return 2
+    if args.action == "erase" and args.subject and "subject" in m.drop_fields:
+        print("note: [monitoring] drop_fields has subject: records written since hold none and are found only by "
+              "--request-id", file=sys.stderr)
+    counts = (erase(settings, log, args.request_id or [], args.subject or []) if args.action == "erase"
+              else prune(settings, log))
+    for path, (removed, kept) in counts.items():
+        print(f"{path}: removed {removed}, kept {kept}" + (" (file deleted)" if removed and not kept else ""))
+    print(f"removed {sum(r for r, _ in counts.values())} record(s) in {len(counts)} file(s) of {log}" if counts else
+          f"no prediction log at {log}: nothing to remove")
+    return 0
+
+
 def _traffic(args) -> int:
     from mlops_nb.traffic import TrafficError, run
 
@@ -644,6 +673,16 @@ def main(argv: list[str] | None = None) -> int:
                          "products/evidence/monitor-accuracy.json")
     monitor.add_argument("--json", action="store_true", help="print the verdict and its evidence as JSON")
     monitor.set_defaults(run=_monitor)
+    log = commands.add_parser("log", help="erase: remove a person's records (by request id or subject key) from "
+                              "every prediction-log file; prune: remove records older than [monitoring] "
+                              "retention_days. Prints how many per file")
+    log.add_argument("action", choices=["erase", "prune"])
+    log.add_argument("--request-id", action="append", help="erase: the records of this request (repeatable)")
+    log.add_argument("--subject", action="append", help="erase: the records of this X-Subject key, as sent (hashed "
+                     "with the salt when [monitoring] hash_fields has subject); repeatable")
+    log.add_argument("--log", type=Path, help="the prediction log, with its rotated PATH.N files (default: "
+                                              "[monitoring] prediction_log)")
+    log.set_defaults(run=_log)
     traffic = commands.add_parser("traffic", help="send the build's test rows, resampled and optionally shifted, to a "
                                   "served API (drift demos and tests): exit 0 all answered 200, 1 some not, 2 refused")
     traffic.add_argument("--url", required=True, help="the served API, e.g. http://127.0.0.1:3000")
@@ -691,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     args.extra = extra
     try:
         return args.run(args)
-    except (SettingsError, RegistryError, LedgerError, OrchestratorError, EdgeError, StreamError) as e:
+    except (SettingsError, RegistryError, LedgerError, OrchestratorError, EdgeError, StreamError, PrivacyError) as e:
         print(f"mlops-nb: {e}", file=sys.stderr)
         return 2
 

@@ -104,9 +104,12 @@ class PredictionRecord(BaseModel):
     model_name: str
     model_version: str
     role: Literal["champion", "challenger", "canary", "shadow", "fallback"] = "champion"
-    subject: str | None = Field(None, description="optional key of whatever the request is about")
-    inputs: list[list[float]] = Field(description="the request's rows; empty in a shadow record (the champion "
-                                                   "record with the same request_id holds them)")
+    subject: str | None = Field(None, description="optional key of whatever the request is about (X-Subject); a "
+                                                  "salted SHA-256 hex when [monitoring] hash_fields has subject")
+    inputs: list[list[float]] | str | None = Field(description="the request's rows; empty in a shadow record (the "
+                                                                "champion record with the same request_id holds "
+                                                                "them); null when [monitoring] drop_fields has inputs, "
+                                                                "a salted SHA-256 hex when hash_fields has it")
     labels: list[int] | list[str]
     confidence: list[float]
     latency_ms: float

@@ -130,6 +130,7 @@ class VersionDrift:
     prediction: list[Check] = field(default_factory=list)  # predicted classes, confidence (when the reference has them)
     confidence_mean: float | None = None
     timeline: dict = field(default_factory=dict)  # predicted-class counts per time bucket
+    redacted_rows: int = 0  # rows logged without their inputs ([monitoring] drop_fields, hash_fields): no feature check
 
 
 @dataclass
@@ -202,7 +203,7 @@ class _Window:
         self.confidence = np.zeros(len(self.confidence_edges) - 1)
         self.confidence_sum = 0.0
         self.timeline = _Timeline()
-        self.rows = self.records = 0
+        self.rows = self.records = self.redacted = 0
         self.first = self.last = None
         self.buffer: list[list[float]] = []
         self.confidences: list[float] = []
@@ -214,7 +215,11 @@ class _Window:
             self.first = t if self.first is None else min(self.first, t)
             self.last = t if self.last is None else max(self.last, t)
             self.timeline.add(t, record["labels"])
-        self.buffer.extend(record["inputs"])
+        inputs = record.get("inputs")
+        if isinstance(inputs, list):
+            self.buffer.extend(inputs)
+        else:  # dropped (null) or hashed (a string): only the answers can be judged
+            self.redacted += len(record["labels"])
         self.labels.update(str(label) for label in record["labels"])
         self.confidences.extend(record.get("confidence") or ())
         if len(self.buffer) >= CHUNK_ROWS:
@@ -241,13 +246,13 @@ class _Window:
         self.counts += np.bincount(idx[idx >= 0], minlength=self.counts.size).reshape(self.counts.shape)
 
 
-def _checks(window: _Window) -> list[tuple]:
-    """(name, test, bins, reference counts, window counts, statistic, p) for each feature, then each prediction
-    check the reference has."""
+def _checks(window: _Window, features: bool) -> list[tuple]:
+    """(name, test, bins, reference counts, window counts, statistic, p) for each feature (when `features`), then
+    each prediction check the reference has."""
     ref = window.ref
     found = [(name, "ks", ref.edges[i].tolist(), ref.counts[i], window.counts[i], *binned_ks(ref.counts[i],
                                                                                               window.counts[i]))
-             for i, name in enumerate(ref.features)]
+             for i, name in enumerate(ref.features) if features]
     if ref.class_counts is not None:
         classes = sorted(set(ref.class_counts) | set(window.labels))
         expected = np.array([ref.class_counts.get(c, 0) for c in classes], float)
@@ -263,20 +268,26 @@ def _judge(name: str, version: str, window: _Window, *, psi_threshold: float, ks
            min_rows: int) -> VersionDrift:
     window.flush()
     conf_n = window.confidence.sum()
-    base = dict(model_name=name, model_version=version, rows=window.rows, records=window.records,
+    rows = window.rows + window.redacted
+    base = dict(model_name=name, model_version=version, rows=rows, records=window.records,
                 first_time=window.first, last_time=window.last, timeline=window.timeline.to_dict(),
-                confidence_mean=window.confidence_sum / conf_n if conf_n else None)
-    if window.rows < min_rows:
-        return VersionDrift(status="cannot judge", reasons=[f"v{version}: {window.rows} rows logged, {min_rows} "
-                                                            "needed ([monitoring] min_rows)"], **base)
-    found = _checks(window)
+                confidence_mean=window.confidence_sum / conf_n if conf_n else None, redacted_rows=window.redacted)
+    skipped = [f"v{version}: feature checks skipped: {window.redacted} of {rows} rows were logged without their "
+               f"inputs ([monitoring] drop_fields / hash_fields), {window.rows} with ({min_rows} needed)"
+               ] if window.redacted and window.rows < min_rows else []
+    if rows < min_rows or (skipped and window.ref.class_counts is None and window.ref.confidence_counts is None):
+        why = f"{rows} rows logged, {min_rows} needed ([monitoring] min_rows)" if rows < min_rows else \
+            "the inputs are redacted and this version's reference profile holds no answers to compare"
+        return VersionDrift(status="cannot judge", reasons=[f"v{version}: {why}", *skipped], **base)
+    found = _checks(window, features=not skipped)
     adjusted = holm([c[-1] for c in found])
     checks = []
     for (check, test, bins, expected, actual, statistic, p), p_holm in zip(found, adjusted):
         value = psi(expected, actual)
         checks.append(Check(check, test, value, statistic, p, p_holm, value > psi_threshold and p_holm < ks_alpha,
                             bins, expected.tolist(), actual.tolist()))
-    features, prediction = checks[:len(window.ref.features)], checks[len(window.ref.features):]
+    n_checked = 0 if skipped else len(window.ref.features)
+    features, prediction = checks[:n_checked], checks[n_checked:]
     features.sort(key=lambda c: (not c.drifted, -c.psi))
     drifted = [c for c in prediction + features if c.drifted]
     reasons = [f"{c.name}: PSI {c.psi:.2f} > {psi_threshold:g} and {c.test.upper()} p={c.p_holm:.2g} after Holm "
@@ -284,11 +295,15 @@ def _judge(name: str, version: str, window: _Window, *, psi_threshold: float, ks
     n_features = sum(c.drifted for c in features)
     if drifted:
         moved = [c.name for c in prediction if c.drifted]
-        lead = f"v{version}: {n_features} of {len(features)} features drifted" + (
-            f"; {' and '.join(moved)} drifted" if moved else "")
+        lead = f"v{version}: " + "; ".join([f"{n_features} of {len(features)} features drifted"] * bool(features) +
+                                           [f"{' and '.join(moved)} drifted"] * bool(moved))
     else:
-        lead = f"v{version}: no check over both thresholds (largest feature PSI {features[0].psi:.2f})"
-    more = [] if prediction else ["predictions reported only: this version's reference profile holds no answers"]
+        lead = f"v{version}: no check over both thresholds" + (
+            f" (largest feature PSI {features[0].psi:.2f})" if features else "")
+    partly = [f"v{version}: features judged on the {window.rows} rows logged with their inputs, not the "
+              f"{window.redacted} redacted ones"] if window.redacted and not skipped else []
+    more = skipped + partly + ([] if prediction else
+                               ["predictions reported only: this version's reference profile holds no answers"])
     return VersionDrift(status="drift" if drifted else "no drift", reasons=[lead, *reasons, *more], features=features,
                         prediction=prediction, **base)
 
@@ -343,6 +358,7 @@ def monitor(paths: Iterable[Path | str], reference: Callable[[str, str], Referen
     window = {"files": [str(p) for p in paths], "since": since, "until": until,
               "first_time": min(firsts, default=None), "last_time": max(lasts, default=None),
               "rows": sum(v.rows for v in versions), "records": sum(v.records for v in versions),
+              "redacted_rows": sum(v.redacted_rows for v in versions),
               "versions": [v.model_version for v in versions], "torn_lines": counts.get("torn", 0),
               "outside_window": outside, "skipped_roles": dict(other_roles),
               "seconds": round(time.perf_counter() - started, 3)}

@@ -62,10 +62,13 @@ def _label(check: Check) -> str:
 
 
 def plot_features(version: VersionDrift, top: int = 6):
-    """The `top` most drifted features: the reference's share of rows per bin against the window's."""
+    """The `top` most drifted features: the reference's share of rows per bin against the window's (None when no
+    feature was checked: the log's inputs are redacted)."""
     import matplotlib.pyplot as plt
 
     checks = version.features[:top]
+    if not checks:
+        return None
     columns = min(3, len(checks))
     fig, axes = plt.subplots((len(checks) + columns - 1) // columns, columns, figsize=(4 * columns, 3 *
                              ((len(checks) + columns - 1) // columns)), squeeze=False)

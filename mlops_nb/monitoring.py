@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
 
-__all__ = ["read_prediction_log", "iter_prediction_log", "log_files"]
+__all__ = ["read_prediction_log", "iter_prediction_log", "log_files", "log_lock"]
 
 
 def log_files(path: Path | str) -> list[Path]:
@@ -17,6 +20,20 @@ def log_files(path: Path | str) -> list[Path]:
     rotated = [p for p in path.parent.glob(path.name + ".*") if re.fullmatch(r"\d+", p.name[len(path.name) + 1:])]
     rotated.sort(key=lambda p: -int(p.name[len(path.name) + 1:]))
     return rotated + ([path] if path.exists() else [])
+
+
+@contextmanager
+def log_lock(path: Path | str, *, shared: bool = False):
+    """Hold the log's advisory lock (`flock` on `PATH.lock`, a local file system's): writers append under it shared;
+    rotation, `mlops-nb log erase` and `prune` rename and rewrite files under it exclusive."""
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def iter_prediction_log(path: Path | str | Iterable[Path | str], counts: dict | None = None) -> Iterator[dict]:

@@ -229,8 +229,7 @@ def run_stream(settings: Settings, *, input: str, output: str, url: str | None =
         folder, card = fetch_version(settings.registry.model_name, model, f"{tmp}/model", settings)
         core = ScoringCore(folder, card, device=settings.serving.device,
                            max_rows=settings.serving.max_rows_per_request)
-    log = PredictionLogWriter(settings.path(settings.monitoring.prediction_log)) \
-        if settings.monitoring.log_predictions else None
+    log = PredictionLogWriter.from_settings(settings) if settings.monitoring.log_predictions else None
     name = consumer or f"{socket.gethostname()}-{os.getpid()}"
     worker = Consumer(client, core, settings, input=input, output=output, name=name, log=log)
 

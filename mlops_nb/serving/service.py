@@ -112,8 +112,7 @@ class ModelService:
         card = self.core.card
         metrics.model.labels(card.model_name, str(card.model_version), card.variant, self.core.provider).set(1)
         if SETTINGS.monitoring.log_predictions:
-            self.log = PredictionLogWriter(SETTINGS.path(SETTINGS.monitoring.prediction_log),
-                                           on_drop=metrics.log_dropped.inc)
+            self.log = PredictionLogWriter.from_settings(SETTINGS, on_drop=metrics.log_dropped.inc)
             logger.info("logging predictions to %s", self.log.path)
         if self.challenger and self.log:
             from mlops_nb.serving.shadow import Shadow
