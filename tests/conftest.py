@@ -25,7 +25,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("notebooks", "mlops_nb", "pipeline.yaml", "dag.yaml", "settings.ini", "bentofile.yaml",
-                 "pyproject.toml", ".jupyter")
+                 "pyproject.toml", ".jupyter", "docs")
 BIN = Path(sys.executable).parent
 TEST_EPOCHS = 40  # fewer leave the digits MLP short of the logistic regression baseline + [gates] min_lift
 
