@@ -245,6 +245,8 @@ class MonitoringSettings(_Section):
     min_labelled_rows: int = Field(100, ge=1)
 
     _not_a_settings_variable = field_validator("salt_env")(_not_a_settings_variable)
+    _split_fields = field_validator("drop_fields", "hash_fields", mode="before")(
+        EvaluationSettings._split_columns.__func__)
 
 
 class StreamingSettings(_Section):
