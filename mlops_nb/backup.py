@@ -64,11 +64,12 @@ def _stage_project(settings: Settings, staged: Path, archive: Path) -> dict:
              "artifact_root": _inside(settings, settings.path(settings.tracking.artifact_root),
                                       "[tracking] artifact_root").as_posix(),
              "products": _inside(settings, settings.products_dir, "[paths] products").as_posix()}
+    if not (root / db).is_file():
+        raise BackupError(f"[tracking] uri: no registry at {root / db}: run a build first (ploomber build)")
     log = settings.path(settings.monitoring.prediction_log)
     logs = [f.resolve().relative_to(root) for f in log_files(log) if f.resolve().is_relative_to(root)]
-    outside = log_files(log) and not logs
-    state["left_out"] = [f"the prediction log {log} ([monitoring] prediction_log): outside the project"] if outside \
-        else []
+    outside = [f"the prediction log {log} ([monitoring] prediction_log): outside the project"]
+    state["left_out"] = outside if log_files(log) and not logs else []
     files = {*_sources(root), *logs}
     for folder in (state["artifact_root"], state["products"]):
         files |= {f.relative_to(root) for f in (root / folder).rglob("*") if f.is_file()}
@@ -77,8 +78,6 @@ def _stage_project(settings: Settings, staged: Path, archive: Path) -> dict:
         if (root / name).resolve() != archive:
             (staged / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(root / name, staged / name)
-    if not (root / db).is_file():
-        raise BackupError(f"[tracking] uri: no registry at {root / db}: run a build first (ploomber build)")
     (staged / db).parent.mkdir(parents=True, exist_ok=True)
     copy_sqlite(root / db, staged / db)
     return state
@@ -196,17 +195,24 @@ def _read(file: Path, into: Path | None) -> dict:
     except (tarfile.TarError, zlib.error, EOFError, json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BackupError(f"{file}: the archive is corrupted" + (f" at member {name}" if name else "") +
                           f" ({error}): restore another backup") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BackupError(f"{file}: no {MANIFEST} of format {FORMAT}: not an mlops-nb backup")
-    expected = {m["path"]: m for m in manifest["members"]}
+    try:
+        if manifest["format"] != FORMAT:
+            raise KeyError("format")
+        expected = {m["path"]: m for m in manifest["members"]}
+        places = [PurePosixPath(manifest[key]) for key in ("tracking_db", "artifact_root", "products")]
+    except (KeyError, TypeError):
+        raise BackupError(f"{file}: no {MANIFEST} of format {FORMAT}: not an mlops-nb backup") from None
     problems = [f"member {p}: not in the manifest (an extra member)" for p in seen if p not in expected]
     problems += [f"member {p}: its size or SHA-256 differs from the manifest (corrupted)"
                  for p, (size, sha256) in seen.items() if p in expected and
                  (size, sha256) != (expected[p]["size"], expected[p]["sha256"])]
     problems += [f"member {p}: in the manifest, missing from the archive" for p in expected if p not in seen]
+    problems += [f"the manifest's {place} lies outside the project" for place in places
+                 if place.is_absolute() or ".." in place.parts]
     bento = manifest.get("bento")
-    if bento and bento.get("member") not in expected:
-        problems.append(f"the manifest's bento {bento.get('member')!r} is not one of its members")
+    for needed in [f"{PROJECT}/{manifest['tracking_db']}", *([bento.get("member")] if bento else [])]:
+        if needed not in expected:
+            problems.append(f"the manifest's {needed!r} is not one of its members")
     if problems:
         raise BackupError(f"{file}: refused, " + "; ".join(problems))
     return manifest
