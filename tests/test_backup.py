@@ -176,7 +176,7 @@ def test_a_restored_build_serves_the_same_champion_and_answers(built_project, tm
     had_evidence = evidence.exists()
     rows = held_out_split(load_settings(built_project, environ={}))[0].tolist()
     before = answers(built_project, rows, tmp_path / "original.jsonl")
-    champion = json.loads(mlops_nb(built_project, "champion").stdout)["version"]
+    champion = str(json.loads(mlops_nb(built_project, "champion").stdout)["version"])
     try:
         mlops_nb(built_project, "backup", str(tmp_path / "backup.tar.gz"))
         restored = tmp_path / "restored"
@@ -187,7 +187,7 @@ def test_a_restored_build_serves_the_same_champion_and_answers(built_project, tm
         print(done.stdout)
         away = built_project.rename(built_project.with_name(built_project.name + "-away"))
         try:
-            assert json.loads(mlops_nb(restored, "champion").stdout)["version"] == champion
+            assert str(json.loads(mlops_nb(restored, "champion").stdout)["version"]) == champion
             status = json.loads(mlops_nb(restored, "status", "--json").stdout)
             assert status["champion"]["model_version"] == champion
             assert status["serving"]["bento_tag"] == bento_tag(restored)
