@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from mlops_nb.backup import BackupError
 from mlops_nb.edge import EdgeError
 from mlops_nb.ledger import LedgerError
 from mlops_nb.orchestrators import OrchestratorError
@@ -19,9 +20,7 @@ from mlops_nb.settings import SettingsError, load_settings
 from mlops_nb.streaming import StreamError
 from mlops_nb.traffic import SHIFTS
 
-__all__ = ["main", "last_deployed"]
-
-DEPLOYED = "deployed.json"  # in products/: what `mlops-nb deploy` built last (a notebook's deploy never writes it)
+__all__ = ["main"]
 
 
 def _lab(args) -> int:
@@ -103,7 +102,7 @@ def _refresh_outputs(args) -> int:
 
 def _deploy(args) -> int:
     from mlops_nb.products import write_json
-    from mlops_nb.serving.bento import deploy
+    from mlops_nb.serving.bento import DEPLOYED, deploy
 
     settings = load_settings()
     model, bento = deploy(args.version, settings, gpu=args.gpu)
@@ -206,16 +205,10 @@ def _history(args) -> int:
     return 1 if problems else 0
 
 
-def last_deployed(products: Path) -> dict | None:
-    """What was deployed last: the build's bento task, or `mlops-nb deploy` after it (None: neither ran)."""
-    deployed = max([p for p in (products / "bento/bento.json", products / DEPLOYED) if p.is_file()],
-                   key=lambda p: p.stat().st_mtime_ns, default=None)
-    return json.loads(deployed.read_text()) if deployed else None
-
-
 def _status(args) -> int:
     from mlops_nb.ledger import entries
     from mlops_nb.registry import CHALLENGER, CHAMPION, version_card
+    from mlops_nb.serving.bento import last_deployed
     from mlops_nb.tracking import connect
 
     settings = load_settings()
@@ -229,9 +222,10 @@ def _status(args) -> int:
             "model_version", "variant", "test_accuracy", "run_id"}) if version else None
 
     registration = products / "register/registration.json"  # the last build's register task (partial builds too)
+    deployed = last_deployed(products)
     status = {"model_name": name, "champion": card(CHAMPION), "challenger": card(CHALLENGER),
               "last_build": json.loads(registration.read_text()) if registration.is_file() else None,
-              "serving": last_deployed(products),
+              "serving": json.loads(deployed.read_text()) if deployed else None,
               "last_ledger_entry": ledger[-1].model_dump(mode="json") if ledger else None}
     if args.json:
         print(json.dumps(status, indent=2))
@@ -555,6 +549,30 @@ def _run_task(args) -> int:
     return 0
 
 
+def _backup(args) -> int:
+    from mlops_nb.backup import backup
+
+    done = backup(load_settings(), args.file)
+    print(f"backed up {done['members']} members ({done['size']:,} bytes, sha256 {done['sha256'][:16]}...) to "
+          f"{done['archive']}, read back and verified; champion v{done['champion']}, bento {done['bento_tag']}")
+    for note in done["left_out"]:
+        print(f"not in the backup: {note}", file=sys.stderr)
+    return 0
+
+
+def _restore(args) -> int:
+    from mlops_nb.backup import restore
+
+    done = restore(args.file, args.dest)
+    print(f"verified {len(done['members'])} members of {args.file} against its manifest (size and SHA-256 each)\n"
+          f"restored the project backed up {done['time']} from {done['root']} (commit {done['git_commit']}) into "
+          f"{Path(args.dest).absolute()}; registry artifact locations moved there; champion v{done['champion']}")
+    if done["bento"]:
+        print(f"bento {done['bento']['tag']} imported into the BentoML home {done['bento_home']}\n"
+              f"serve it: cd {args.dest} && bentoml serve {done['bento']['tag']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlops-nb", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -724,13 +742,24 @@ def main(argv: list[str] | None = None) -> int:
     run_task.add_argument("name")
     run_task.add_argument("--params-sha256", help="refuse to run unless the task is the one exported (its hash)")
     run_task.set_defaults(run=_run_task)
+    backup = commands.add_parser("backup", help="write the project's state (registry and ledger, artifacts, products, "
+                                 "prediction log, the deployed bento, settings and sources) to one tar.gz with a "
+                                 "manifest of checksums")
+    backup.add_argument("file", type=Path, help="the archive to write, e.g. backup.tar.gz")
+    backup.set_defaults(run=_backup)
+    restore = commands.add_parser("restore", help="rebuild a project from a backup in a new or empty folder, every "
+                                  "member verified first (a corrupted archive is refused, naming the bad member)")
+    restore.add_argument("file", type=Path)
+    restore.add_argument("dest", type=Path)
+    restore.set_defaults(run=_restore)
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "passes_args", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     try:
         return args.run(args)
-    except (SettingsError, RegistryError, LedgerError, OrchestratorError, EdgeError, StreamError, PrivacyError) as e:
+    except (SettingsError, RegistryError, LedgerError, OrchestratorError, EdgeError, StreamError, PrivacyError,
+            BackupError) as e:
         print(f"mlops-nb: {e}", file=sys.stderr)
         return 2
 

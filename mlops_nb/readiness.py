@@ -306,12 +306,13 @@ def pipeline(project: Project) -> Item:
 
 
 def rollback(project: Project) -> Item:
-    from mlops_nb.cli import last_deployed
+    from mlops_nb.serving.bento import last_deployed
 
     stop = _registry(project)
     if stop:
         return stop
-    version, served = project.registry["version"], last_deployed(project.settings.products_dir)
+    deployed = last_deployed(project.settings.products_dir)
+    version, served = project.registry["version"], json.loads(deployed.read_text()) if deployed else None
     served_version = served and served.get("model_version")
     tests = project.tests_matching("rollback")
     previous = [e for e in project.registry["ledger"] if e.alias == "champion" and e.from_version]

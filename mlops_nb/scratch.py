@@ -10,19 +10,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlops_nb.settings import ENV_PREFIX, Settings
+from mlops_nb.tracking import copy_sqlite, relocate_artifacts
 
 __all__ = ["Scratch", "open_scratch", "build_environ"]
 
 SQLITE = "sqlite:///"
-# tables and columns of an MLflow sqlite store that hold artifact locations
-ARTIFACT_COLUMNS = {"experiments": "artifact_location", "runs": "artifact_uri",
-                    "logged_models": "artifact_location", "model_versions": "storage_location"}
 
 
 @dataclass(frozen=True)
@@ -97,13 +94,8 @@ def _fingerprint(path: Path | None) -> str:
 
 def _copy_store(db: Path, artifacts: Path, scratch: Scratch) -> None:
     """Copy an MLflow sqlite store and its artifacts, pointing the copy's artifact locations at the copy."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as source, sqlite3.connect(scratch.tracking_db) as copy:
-        source.backup(copy)
-        old, new = artifacts.resolve().as_uri(), scratch.artifacts.resolve().as_uri()
-        tables = {row[0] for row in copy.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        for table, column in ARTIFACT_COLUMNS.items():
-            if table in tables:  # names from the constant ARTIFACT_COLUMNS, values bound: no injection
-                copy.execute(f"UPDATE {table} SET {column} = REPLACE({column}, ?, ?)", (old, new))  # nosec B608
+    copy_sqlite(db, scratch.tracking_db)
+    relocate_artifacts(scratch.tracking_db, artifacts.resolve(), scratch.artifacts.resolve())
     if artifacts.is_dir():
         shutil.copytree(artifacts, scratch.artifacts)
 

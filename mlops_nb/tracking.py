@@ -6,20 +6,26 @@ import json
 import logging
 import os
 import platform
+import sqlite3
 import subprocess
+from contextlib import closing
 from importlib import metadata
+from itertools import product
 from pathlib import Path
 
 from mlops_nb.settings import Settings, load_settings
 
 __all__ = ["connect", "git", "start_training_run", "resume_run", "log_notebooks", "provenance", "build_settings",
-           "KEY_PACKAGES", "BUILD_SECTIONS", "BUILD_SETTINGS_TAG"]
+           "copy_sqlite", "relocate_artifacts", "KEY_PACKAGES", "BUILD_SECTIONS", "BUILD_SETTINGS_TAG"]
 
 KEY_PACKAGES = ("mlops-nb", "torch", "numpy", "pandas", "scikit-learn", "onnx", "onnxscript", "onnxruntime",
                 "onnxruntime-gpu", "mlflow", "bentoml", "ploomber", "papermill")
 # the settings sections a model's files and metrics depend on; a training run records them (`mlops-nb reproduce`)
 BUILD_SECTIONS = ("data", "validation", "training", "export")
 BUILD_SETTINGS_TAG = "mlops_nb.build_settings"
+# tables and columns of an MLflow sqlite store that hold artifact locations
+ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                    ("logged_models", "artifact_location"), ("model_versions", "storage_location"))
 
 
 def connect(settings: Settings | None = None):
@@ -115,3 +121,22 @@ def log_notebooks(run_id: str, paths, settings: Settings | None = None) -> None:
     client = connect(settings)
     for path in paths:
         client.log_artifact(run_id, str(path), artifact_path="notebooks")
+
+
+def copy_sqlite(db: Path, copy: Path) -> None:
+    """A consistent copy of a live sqlite database through sqlite's online backup API (never a raw file copy)."""
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as source, closing(sqlite3.connect(copy)) as target:
+        source.backup(target)
+
+
+def relocate_artifacts(db: Path, old: Path, new: Path) -> None:
+    """Point the artifact locations of the MLflow sqlite store `db` that lie in folder `old` (as file URIs or plain
+    paths) at the same places in folder `new`."""
+    with closing(sqlite3.connect(db)) as store, store:
+        tables = {row[0] for row in store.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for (table, column), (before, after) in product(ARTIFACT_COLUMNS, ((old.as_uri(), new.as_uri()),
+                                                                            (str(old), str(new)))):
+            if table in tables:
+                store.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE {column} = ? "
+                              f"OR substr({column}, 1, ?) = ?", (after, len(before) + 1, before, len(before) + 1,
+                                                                 before + "/"))

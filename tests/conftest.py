@@ -211,18 +211,23 @@ def git_status(root: Path) -> str:
 @pytest.fixture
 def registry(tmp_path):
     """A project folder with an empty sqlite registry for `gate-test`, and a small ONNX model to register."""
-    (tmp_path / "settings.ini").write_text("[registry]\nmodel_name = gate-test\n[gates]\nmin_score = 0.9\n"
-                                           "max_regression = 0.01\n")
+    return make_registry(tmp_path)
+
+
+def make_registry(folder: Path):
+    """What the `registry` fixture gives, in `folder` (for fixtures of a wider scope)."""
+    (folder / "settings.ini").write_text("[registry]\nmodel_name = gate-test\n[gates]\nmin_score = 0.9\n"
+                                         "max_regression = 0.01\n")
     import torch
 
     from mlops_nb.onnx_export import export_onnx
     from mlops_nb.research.model import MLP, Standardizer
     from mlops_nb.settings import load_settings
 
-    settings = load_settings(tmp_path, environ={})
+    settings = load_settings(folder, environ={})
     torch.manual_seed(0)
     onnx_path = export_onnx(MLP(4, 3, (8,), 0.0).eval(), Standardizer([0.0] * 4, [1.0] * 4, [0.0] * 4),
-                            tmp_path / "m.onnx")
+                            folder / "m.onnx")
     return settings, onnx_path
 
 

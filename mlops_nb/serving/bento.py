@@ -24,13 +24,21 @@ from mlops_nb.tracking import connect
 from mlops_nb.settings import Settings, load_settings
 
 __all__ = ["import_version", "deploy", "fallback_version", "build_bento", "bentoml_serve", "served", "Server",
-           "free_port", "BUNDLED_FILES", "CARD"]
+           "free_port", "BUNDLED_FILES", "CARD", "DEPLOYED", "last_deployed"]
 
 # file in the bento model <- file in the MLflow model folder
 BUNDLED_FILES = {"model.onnx": "model.onnx", PROFILE_FILE: REFERENCE_PROFILE}
 FRAMEWORK_SOURCE = Path(__file__).resolve().parents[2]  # the folder holding the mlops_nb package
 CARD = CARD_FILE  # the same name in the bento model as in the registered version
 logger = logging.getLogger("mlops_nb.deploy")
+DEPLOYED = "deployed.json"  # in products/: what `mlops-nb deploy` built last (a notebook's deploy never writes it)
+
+
+def last_deployed(products: Path) -> Path | None:
+    """The record of what was deployed last: the build's bento task (bento/bento.json), or `mlops-nb deploy` after
+    it (`DEPLOYED`); None when neither ran."""
+    return max([p for p in (products / "bento/bento.json", products / DEPLOYED) if p.is_file()],
+               key=lambda p: p.stat().st_mtime_ns, default=None)
 
 
 def _bundle(folder: Path, card: ModelCard, dest: Path) -> None:
