@@ -43,4 +43,5 @@ def test_every_command_block_runs_against_a_served_project(built_project, tmp_pa
             result = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=root, timeout=900,
                                     env={**env, "SERVICE_URL": url}, capture_output=True, text=True)
             assert result.returncode == 0, f"runbook block {number} failed:\n{block}\n{result.stdout}\n{result.stderr}"
+    (root / ".venv").unlink()
     assert (root.parent / "restored-project" / "settings.ini").is_file()
