@@ -113,12 +113,14 @@ def alert_rules() -> Scan:
     """Export the Prometheus alert rules and validate them with `promtool check rules`; `found`: the alert names."""
     import yaml
 
+    from mlops_nb.alerts import RULES_FILE
+
     with tempfile.TemporaryDirectory(prefix="mlops-nb-readiness-") as tmp:
         code, printed = _export_alerts(Path(tmp))
         if code:
             return Scan(None, [f"`mlops-nb export alerts` failed (exit {code}): {_last_line(printed)}"],
                         "mlops-nb export alerts OUTDIR")
-        files = sorted(p for p in Path(tmp).rglob("*") if p.suffix in (".yml", ".yaml"))
+        files = [Path(tmp) / RULES_FILE]  # the rules; the scrape config beside them is no rule file
         names = [rule["alert"] for f in files for group in (yaml.safe_load(f.read_text()) or {}).get("groups", [])
                  for rule in group.get("rules", []) if "alert" in rule]
         if not names:
@@ -131,5 +133,5 @@ def alert_rules() -> Scan:
         done = _run([promtool, "check", "rules", *map(str, files)], Path(tmp))
     if done.returncode:
         return Scan(False, [f"{listed}; promtool check rules: {_last_line(done.stdout + done.stderr)}"],
-                    "mlops-nb export alerts OUTDIR && promtool check rules OUTDIR/*.yml", names)
+                    f"mlops-nb export alerts OUTDIR && promtool check rules OUTDIR/{RULES_FILE}", names)
     return Scan(True, [f"{listed}; promtool check rules: SUCCESS"], "", names)

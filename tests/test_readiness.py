@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, CHROMIUM_ARGS, REPO, chromium, project_env, register
+from conftest import BIN, CHROMIUM_ARGS, REPO, chromium, debian_command, project_env, register
 
 from mlops_nb.cli import main
 from mlops_nb.products import write_json
@@ -158,6 +158,16 @@ def test_pip_audit_that_cannot_reach_its_data_is_not_checked_never_passed(tmp_pa
     monkeypatch.delenv("no_proxy", raising=False)
     scan = pip_audit(lock)
     assert scan.ok is None and scan.fix, scan
+
+
+def test_the_projects_alert_rules_pass_promtool(monkeypatch):
+    from mlops_nb.alerts import ALERT_NAMES
+    from mlops_nb.readiness_scans import alert_rules
+
+    debian_command("promtool", "prometheus")
+    monkeypatch.chdir(REPO)
+    scan = alert_rules()
+    assert scan.ok is True and scan.found == list(ALERT_NAMES), scan.evidence
 
 
 def test_bandit_fails_on_a_finding_at_the_threshold_and_lists_it(tmp_path):
