@@ -27,6 +27,7 @@ def export(tmp_path, monkeypatch, capsys, **alerts) -> tuple[int, str, str]:
     """`mlops-nb export alerts OUT` in a project whose settings.ini holds `alerts` as its [alerts] section."""
     (tmp_path / "settings.ini").write_text("[alerts]\n" + "".join(f"{k} = {v}\n" for k, v in alerts.items()))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLOPS_NB_ROOT", str(tmp_path))
     code = main(["export", "alerts", str(tmp_path / "out")])
     out, err = capsys.readouterr()
     return code, out, err

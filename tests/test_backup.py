@@ -142,6 +142,7 @@ def test_the_cli_refuses_a_folder_that_is_not_empty(backed_up, tmp_path, capsys)
 def test_a_tracking_server_is_refused_saying_what_to_back_up(tmp_path, monkeypatch, capsys):
     (tmp_path / "settings.ini").write_text("")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLOPS_NB_ROOT", str(tmp_path))
     monkeypatch.setenv("MLOPS_NB_TRACKING_URI", "http://127.0.0.1:5000")
     assert main(["backup", str(tmp_path / "b.tar.gz")]) == 2
     assert "is a tracking server: back up its backend store" in capsys.readouterr().err

@@ -79,6 +79,7 @@ def project(registry, monkeypatch):
 def in_project(root, monkeypatch):
     """Run `mlops-nb` in-process in the project at `root`, with no settings from the environment."""
     monkeypatch.chdir(root)
+    monkeypatch.setenv("MLOPS_NB_ROOT", str(root))
     for name in [n for n in os.environ if n.startswith("MLOPS_NB_")]:
         monkeypatch.delenv(name)
 

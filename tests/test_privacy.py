@@ -51,6 +51,7 @@ def project(tmp_path, monkeypatch):
     (tmp_path / "settings.ini").write_text(f"[monitoring]\nprediction_log = logs/p.jsonl\nhash_fields = subject\n"
                                            f"salt_env = {SALT_ENV}\nretention_days = 5\n")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLOPS_NB_ROOT", str(tmp_path))  # in-process builds elsewhere in the session set it
     monkeypatch.setenv(SALT_ENV, SALT)
     return load_settings(tmp_path)
 
@@ -136,6 +137,7 @@ def test_a_missing_salt_is_refused_before_any_record_is_written(tmp_path, monkey
     with pytest.raises(SettingsError, match="both in drop_fields and hash_fields"):
         load_settings(tmp_path, environ={"MLOPS_NB_MONITORING_DROP_FIELDS": "inputs,subject"})
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLOPS_NB_ROOT", str(tmp_path))
     assert main(["log", "erase", "--subject", "alice"]) == 2  # the CLI says so too, without a traceback
 
 

@@ -166,6 +166,7 @@ def test_the_projects_alert_rules_pass_promtool(monkeypatch):
 
     debian_command("promtool", "prometheus")
     monkeypatch.chdir(REPO)
+    monkeypatch.setenv("MLOPS_NB_ROOT", str(REPO))
     scan = alert_rules()
     assert scan.ok is True and scan.found == list(ALERT_NAMES), scan.evidence
 
