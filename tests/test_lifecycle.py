@@ -34,20 +34,23 @@ def served_version(root, log):
         return answer.json()["model_version"]
 
 
-def test_rollback_then_deploy_serves_the_previous_champion(tmp_path):
-    root = copy_project(tmp_path / "project")
+def test_rollback_then_deploy_serves_the_previous_champion(built_project, tmp_path):
+    root = built_project  # the session's build: other tests moved its champion before, as this one does
     run_build(root)
-    run_build(root, "--force", "--partially", "register")  # the same weights again: version 2, gates pass
-    assert served_version(root, tmp_path / "serve-1.log") == "2"
-    assert "champion 2 -> 1" in mlops_nb(root, "rollback", "--reason", "answers changed for a client")
-    assert served_version(root, tmp_path / "serve-2.log") == "1"
+    seen = len(json.loads(mlops_nb(root, "history", "--json"))["entries"])
+    run_build(root, "--force", "--partially", "register")  # the same weights again: a new version, gates pass
+    status = json.loads(mlops_nb(root, "status", "--json"))
+    new, old = status["champion"]["model_version"], status["last_ledger_entry"]["from_version"]
+    assert old not in (None, new) and served_version(root, tmp_path / "serve-1.log") == new
+    assert f"champion {new} -> {old}" in mlops_nb(root, "rollback", "--reason", "answers changed for a client")
+    assert served_version(root, tmp_path / "serve-2.log") == old
     history = json.loads(mlops_nb(root, "history", "--verify", "--json"))
     assert history["verified"] is True
-    assert [(e["alias"], e["to_version"]) for e in history["entries"]] == [
-        ("challenger", "1"), ("champion", "1"), ("challenger", "2"), ("champion", "2"), ("champion", "1")]
+    assert [(e["alias"], e["to_version"]) for e in history["entries"][seen:]] == [
+        ("challenger", new), ("champion", new), ("champion", old)]
     status = json.loads(mlops_nb(root, "status", "--json"))
-    assert status["champion"]["model_version"] == "1" and status["challenger"]["model_version"] == "2"
-    assert status["serving"]["model_version"] == "1"  # the bento `mlops-nb deploy` built after the rollback
+    assert status["champion"]["model_version"] == old and status["challenger"]["model_version"] == new
+    assert status["serving"]["model_version"] == old  # the bento `mlops-nb deploy` built after the rollback
 
 
 def test_two_clones_in_different_folders_build_byte_identical_artifacts_and_reproduce(tmp_path):
