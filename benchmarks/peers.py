@@ -12,11 +12,12 @@ products/evidence/serving-benchmark.json.
 
 Peers: `starlette` (a Starlette app that parses the body and answers a constant, under uvicorn), `bentoml` (a
 BentoML service with one constant API), `mlflow` (`mlflow models serve` of the champion), `mlops-nb` (the
-project's built bento), `mlops-nb-batched` (the same bento with `[serving] batching = adaptive`) and
+project's built bento), `mlops-nb-batched` (the same bento with `[serving] batching = adaptive`),
 `mlops-nb-shadow` (the same bento scoring every request with its shadow challenger too; `--bento TAG` names a
-bento that `MLOPS_NB_SERVING_SHADOW_FRACTION=1 mlops-nb deploy` built with one) and `mlops-nb-explain` (the
-same bento's `POST /explain`, for its latency beside `/predict`'s). Every
-server keeps its framework's defaults (workers, access logs).
+bento that `MLOPS_NB_SERVING_SHADOW_FRACTION=1 mlops-nb deploy` built with one), `mlops-nb-explain` (the
+same bento's `POST /explain`, for its latency beside `/predict`'s), `mlops-nb-invocations` and `mlops-nb-v2`
+(the same bento over MLflow's scoring protocol and the Open Inference Protocol v2, each compared with its
+`/predict`). Every server keeps its framework's defaults (workers, access logs).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ WARMUP_S, WARMUP_CONNECTIONS = 3, 8
 WRK_TIMEOUT = "10s"
 READY_TIMEOUT_S = 300
 MARKER = "peers-json "
+V2_INPUT = "features"  # the exported ONNX graph's input name
+PROTOCOLS = {"mlops-nb-invocations": "MLflow's POST /invocations", "mlops-nb-v2": "Open Inference v2 infer"}
 BASELINE, SUBJECT = "mlflow", "mlops-nb"
 FLOORS = ("starlette", "bentoml")
 
@@ -129,7 +132,8 @@ class Launch:
 
 @dataclass(frozen=True)
 class Peer:
-    """A server under test: where to POST, which JSON key holds the rows, and how to start it on a port."""
+    """A server under test: where to POST (`{model}`: the registered name), which JSON key holds the rows (`v2`: an
+    Open Inference Protocol tensor), and how to start it on a port."""
 
     name: str
     path: str
@@ -138,6 +142,9 @@ class Peer:
 
     def body(self, rows: list[list[float]]) -> str:
         """The JSON request body for `rows`."""
+        if self.body_key == "v2":
+            return json.dumps({"inputs": [{"name": V2_INPUT, "datatype": "FP32", "shape": [len(rows), len(rows[0])],
+                                           "data": rows}]})
         return json.dumps({self.body_key: rows})
 
 
@@ -193,6 +200,9 @@ PEERS = {peer.name: peer for peer in [
          partial(mlops_nb_bento, MLOPS_NB_SERVING_SHADOW_FRACTION="1")),
     # the same bento's POST /explain: occlusion over every feature, one batched ONNX call per request
     Peer("mlops-nb-explain", "/explain", "instances", mlops_nb_bento),
+    # the same bento's other protocols (PROTOCOLS), each measured against its /predict
+    Peer("mlops-nb-invocations", "/invocations", "instances", mlops_nb_bento),
+    Peer("mlops-nb-v2", "/v2/models/{model}/infer", "v2", mlops_nb_bento),
 ]}
 
 
@@ -262,7 +272,7 @@ def running(peer: Peer, settings: Settings, scratch: Path, body: str):
         process = subprocess.Popen(["taskset", "-c", SERVER_CPU, *launch.command], cwd=launch.cwd, env=launch.env,
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        url = f"http://127.0.0.1:{port}{peer.path}"
+        url = f"http://127.0.0.1:{port}{peer.path.format(model=settings.registry.model_name)}"
         wait_ready(process, url, body, log)
         yield url
     finally:
@@ -391,6 +401,14 @@ def ratios_table(entries: list[dict]) -> str:
                      *(f"/ {p} floor" for p in FLOORS)], rows)
 
 
+def protocols_table(records: list[dict]) -> str:
+    """Each other protocol of the bento beside its /predict: req/s at each level and body size, and the ratio."""
+    index = {(r["peer"], r["rows"], r["connections"]): r for r in records}
+    rows = [[PROTOCOLS[peer], str(n), str(c), f"{r['rps']:.1f}", f"{base['rps']:.1f}", f"{r['rps'] / base['rps']:.2f}x"]
+            for (peer, n, c), r in index.items() if peer in PROTOCOLS and (base := index.get((SUBJECT, n, c)))]
+    return markdown(["protocol", "rows per request", "connections", "req/s", "/predict req/s", "/ /predict"], rows)
+
+
 def int_list(text: str) -> list[int]:
     """Parse a comma-separated list of positive integers."""
     values = [int(part) for part in text.split(",") if part.strip()]
@@ -438,6 +456,8 @@ def main() -> None:
         print(rows_table(records, args.levels) + "\n")
     if entries:
         print(ratios_table(entries) + "\n")
+    if any(p.name in PROTOCOLS for p in args.peers):
+        print(protocols_table(records) + "\n")
     evidence = settings.products_dir / "evidence/serving-benchmark.json"
     write_json(evidence, {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": args.seconds,
                           "warmup_s": WARMUP_S, "levels": args.levels, "rows": args.rows,

@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from mlops_nb.registry import CHAMPION, fetch_version
-from mlops_nb.serving.http import Endpoint, _numbers_only
+from mlops_nb.serving.codecs import PredictCodec, numbers_only
 from mlops_nb.serving.prediction_log import PredictionLogWriter
 from mlops_nb.serving.scoring import InvalidInput, RowError, ScoringCore
 from mlops_nb.settings import Settings
@@ -95,8 +95,8 @@ def _event(core, fields: dict) -> tuple[str, list, np.ndarray]:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise InvalidInput([RowError("request", f"not valid JSON: {error}")]) from None
-    rows = Endpoint._rows(payload)
-    return event_id, rows, core.validate(rows, numbers_only=_numbers_only(body))
+    rows = PredictCodec.rows(payload)
+    return event_id, rows, core.validate(rows, numbers_only=numbers_only(body))
 
 
 class Consumer:

@@ -15,10 +15,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import onnx
 import orjson
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
+from mlops_nb.contracts import ModelCard
 from mlops_nb.pipeline import TELEMETRY_OFF
+from mlops_nb.products import file_sha256
+from mlops_nb.serving.scoring import ScoringCore
 
 # as root, headless, on a machine with no outside network (see shared/STACK-NOTES.md)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -103,6 +108,19 @@ def server(built_project, tmp_path_factory):
         yield url, log, predictions
 
 
+@pytest.fixture(scope="session")
+def test_split(built_project):
+    """(features as float32, labels) of the built project's test split."""
+    from mlops_nb.products import read_json
+    from mlops_nb.research.data import read_snapshot
+
+    products = built_project / "products"
+    manifest = read_json(products / "snapshot/manifest.json")
+    test = read_json(products / "snapshot/split.json")["test"]
+    frame = read_snapshot(manifest["path"], manifest["sha256"]).iloc[test]
+    return frame[manifest["features"]].to_numpy(np.float32), frame[manifest["target"]].to_numpy()
+
+
 def pytest_collection_modifyitems(items):
     """Run the tests on the session's served bento last, in their usual order: it is started once, and tests
     elsewhere rebuild the project and move the champion, which would leave it serving an older version."""
@@ -129,7 +147,7 @@ def chromium() -> str:
 def engine_python(name: str) -> Path:
     """The Python of a test-only engine's own virtual environment (`$ENGINES_CACHE/NAME`, made by .ci/run): a failure
     under CI=true when it is missing, else a skip with the reason."""
-    venv = Path(os.environ.get("ENGINES_CACHE", Path.home() / ".cache/mlops-nb-engines")) / name
+    venv = Path(os.environ.get("ENGINES_CACHE", Path.home() / ".cache/mlops-nb-engines/current")) / name
     if not (venv / ".installed").exists():
         if os.environ.get("CI") == "true":
             pytest.fail(f"{venv} is missing: .ci/run makes it")
@@ -196,8 +214,6 @@ def server_errors(log: Path) -> list[str]:
 
 def tree_digest(*paths: Path) -> dict[str, str]:
     """SHA-256 of every file under `paths` (relative name -> hash): to prove nothing there changed."""
-    from mlops_nb.products import file_sha256
-
     return {str(f): file_sha256(f) for p in paths for f in sorted(p.rglob("*") if p.is_dir() else [p])
             if f.is_file()}
 
@@ -233,8 +249,6 @@ def make_registry(folder: Path):
 
 def gate_card(run_id: str, accuracy: float, **fields):
     """The model card of `registry`'s small ONNX model (4 features, 3 classes), claiming `accuracy`."""
-    from mlops_nb.contracts import ModelCard
-
     card = dict(model_name="gate-test", run_id=run_id, variant="fp32", features=["a", "b", "c", "d"],
                 classes=["x", "y", "z"], feature_min=0, feature_max=1, data_sha256="abc", onnx_sha256="def",
                 weights_sha256="123", test_accuracy=accuracy, parity_max_abs_diff=1e-7)
@@ -287,3 +301,64 @@ def served_answers(session, x):
 
     probabilities = onnx_predict(session, x)
     return np.column_stack([probabilities.argmax(axis=1), probabilities.max(axis=1)])
+
+
+# ---- tiny ONNX classifiers: the real ScoringCore on graphs built in the test (fallback faults, protocol codecs)
+
+CLASSES = ["x", "y", "z"]
+SIDE = 512  # the slow graph's matrices: one step is SIDE**3 multiply-adds
+
+
+def graph(kind: str, n_features: int, n_classes: int, *, input_name: str = "x", output_name: str = "y",
+          weights=None, slow_steps: int = 30) -> onnx.ModelProto:
+    """A classifier graph with the served model's input and output (`[N, n_features]` -> `[N, n_classes]`).
+
+    good: softmax(x @ weights). error: a Gather whose indices are out of range (fails when run). nonfinite:
+    sqrt(-1 - |x @ weights|) (NaN). slow: the good answer plus 0 x the sum of `slow_steps` chained SIDE x SIDE
+    matrix products in a Loop whose start depends on the input (nothing can be folded away in advance)."""
+    weights = np.eye(n_features, n_classes) if weights is None else weights
+    init = [numpy_helper.from_array(np.asarray(weights, np.float32), "w")]
+    nodes = [helper.make_node("MatMul", [input_name, "w"], ["logits"])]
+    if kind in ("good", "slow"):
+        nodes.append(helper.make_node("Softmax", ["logits"], [output_name if kind == "good" else "p"], axis=1))
+    elif kind == "error":
+        init.append(numpy_helper.from_array(np.arange(n_classes, dtype=np.int64) + 10**6, "idx"))
+        nodes = [helper.make_node("Gather", [input_name, "idx"], [output_name], axis=1)]
+    elif kind == "nonfinite":
+        init.append(numpy_helper.from_array(np.float32(-1), "minus_one"))
+        nodes += [helper.make_node("Abs", ["logits"], ["abs"]), helper.make_node("Sub", ["minus_one", "abs"], ["neg"]),
+                  helper.make_node("Sqrt", ["neg"], [output_name])]
+    if kind == "slow":
+        init += [numpy_helper.from_array(np.full((SIDE, SIDE), 1 / SIDE, np.float32), "big"),
+                 numpy_helper.from_array(np.int64(slow_steps), "steps"), numpy_helper.from_array(np.array(True), "go"),
+                 numpy_helper.from_array(np.float32(0), "zero")]
+        square = [SIDE, SIDE]
+        body = helper.make_graph(
+            [helper.make_node("MatMul", ["s_in", "big"], ["s_out"]), helper.make_node("Identity", ["c_in"], ["c_out"])],
+            "step", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                     helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+                     helper.make_tensor_value_info("s_in", TensorProto.FLOAT, square)],
+            [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("s_out", TensorProto.FLOAT, square)])
+        nodes += [helper.make_node("ReduceSum", [input_name], ["total"], keepdims=0),
+                  helper.make_node("Add", ["big", "total"], ["start"]),
+                  helper.make_node("Loop", ["steps", "go", "start"], ["end"], body=body),
+                  helper.make_node("ReduceSum", ["end"], ["end_sum"], keepdims=0),
+                  helper.make_node("Mul", ["end_sum", "zero"], ["nothing"]),
+                  helper.make_node("Add", ["p", "nothing"], [output_name])]
+    x = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", n_features])
+    y = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N", n_classes])
+    model = helper.make_model(helper.make_graph(nodes, kind, [x], [y], init),
+                              opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def tiny_core(folder, kind: str, version: str, **options) -> ScoringCore:
+    folder.mkdir(parents=True)
+    onnx.save(graph(kind, 4, 3, **options), folder / "model.onnx")
+    card = ModelCard(model_name="fb-test", model_version=version, run_id="r", variant="fp32",
+                     features=["a", "b", "c", "d"], classes=CLASSES, feature_min=0, feature_max=1, data_sha256="d",
+                     onnx_sha256=file_sha256(folder / "model.onnx"), weights_sha256="w", test_accuracy=0.9,
+                     parity_max_abs_diff=0.0)
+    return ScoringCore(folder, card)

@@ -10,11 +10,10 @@ import httpx
 import numpy as np
 import onnx
 import pytest
-from conftest import BIN, project_env, register, run_build
-from onnx import TensorProto, helper, numpy_helper
+from conftest import BIN, graph, project_env, register, run_build, tiny_core
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlops_nb.contracts import CARD_FILE, FALLBACK_FOLDER, METRICS, ModelCard, PredictionRecord
+from mlops_nb.contracts import CARD_FILE, FALLBACK_FOLDER, METRICS, PredictionRecord
 from mlops_nb.monitoring import read_prediction_log
 from mlops_nb.products import file_sha256
 from mlops_nb.serving.batching import Batcher
@@ -25,69 +24,10 @@ from mlops_nb.serving.scoring import ScoringCore
 from mlops_nb.settings import ServingSettings
 
 FAULTS = {"error": "error", "nonfinite": "nonfinite", "slow": "timeout"}  # graph -> the reason it is answered for
-SIDE = 512  # the slow graph's matrices: one step is SIDE**3 multiply-adds
-
-
-def graph(kind: str, n_features: int, n_classes: int, *, input_name: str = "x", output_name: str = "y",
-          weights=None, slow_steps: int = 30) -> onnx.ModelProto:
-    """A classifier graph with the served model's input and output (`[N, n_features]` -> `[N, n_classes]`).
-
-    good: softmax(x @ weights). error: a Gather whose indices are out of range (fails when run). nonfinite:
-    sqrt(-1 - |x @ weights|) (NaN). slow: the good answer plus 0 x the sum of `slow_steps` chained SIDE x SIDE
-    matrix products in a Loop whose start depends on the input (nothing can be folded away in advance)."""
-    weights = np.eye(n_features, n_classes) if weights is None else weights
-    init = [numpy_helper.from_array(np.asarray(weights, np.float32), "w")]
-    nodes = [helper.make_node("MatMul", [input_name, "w"], ["logits"])]
-    if kind in ("good", "slow"):
-        nodes.append(helper.make_node("Softmax", ["logits"], [output_name if kind == "good" else "p"], axis=1))
-    elif kind == "error":
-        init.append(numpy_helper.from_array(np.arange(n_classes, dtype=np.int64) + 10**6, "idx"))
-        nodes = [helper.make_node("Gather", [input_name, "idx"], [output_name], axis=1)]
-    elif kind == "nonfinite":
-        init.append(numpy_helper.from_array(np.float32(-1), "minus_one"))
-        nodes += [helper.make_node("Abs", ["logits"], ["abs"]), helper.make_node("Sub", ["minus_one", "abs"], ["neg"]),
-                  helper.make_node("Sqrt", ["neg"], [output_name])]
-    if kind == "slow":
-        init += [numpy_helper.from_array(np.full((SIDE, SIDE), 1 / SIDE, np.float32), "big"),
-                 numpy_helper.from_array(np.int64(slow_steps), "steps"), numpy_helper.from_array(np.array(True), "go"),
-                 numpy_helper.from_array(np.float32(0), "zero")]
-        square = [SIDE, SIDE]
-        body = helper.make_graph(
-            [helper.make_node("MatMul", ["s_in", "big"], ["s_out"]), helper.make_node("Identity", ["c_in"], ["c_out"])],
-            "step", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-                     helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
-                     helper.make_tensor_value_info("s_in", TensorProto.FLOAT, square)],
-            [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
-             helper.make_tensor_value_info("s_out", TensorProto.FLOAT, square)])
-        nodes += [helper.make_node("ReduceSum", [input_name], ["total"], keepdims=0),
-                  helper.make_node("Add", ["big", "total"], ["start"]),
-                  helper.make_node("Loop", ["steps", "go", "start"], ["end"], body=body),
-                  helper.make_node("ReduceSum", ["end"], ["end_sum"], keepdims=0),
-                  helper.make_node("Mul", ["end_sum", "zero"], ["nothing"]),
-                  helper.make_node("Add", ["p", "nothing"], [output_name])]
-    x = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", n_features])
-    y = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N", n_classes])
-    model = helper.make_model(helper.make_graph(nodes, kind, [x], [y], init),
-                              opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
 # ---- tier 1: the real ScoringCore on tiny ONNX files, behind the real HTTP front (in process, ASGI)
 
-CLASSES = ["x", "y", "z"]
 ROWS = [[0.9, 0.1, 0.2, 0.3], [0.1, 0.8, 0.0, 0.2], [0.0, 0.1, 0.7, 0.9], [0.5, 0.0, 0.1, 0.6]]
 PREVIOUS_WEIGHTS = np.eye(4, 3)[::-1]  # the previous champion answers other labels than the routed good graph
-
-
-def tiny_core(folder, kind: str, version: str, **options) -> ScoringCore:
-    folder.mkdir(parents=True)
-    onnx.save(graph(kind, 4, 3, **options), folder / "model.onnx")
-    card = ModelCard(model_name="fb-test", model_version=version, run_id="r", variant="fp32",
-                     features=["a", "b", "c", "d"], classes=CLASSES, feature_min=0, feature_max=1, data_sha256="d",
-                     onnx_sha256=file_sha256(folder / "model.onnx"), weights_sha256="w", test_accuracy=0.9,
-                     parity_max_abs_diff=0.0)
-    return ScoringCore(folder, card)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from mlops_nb.monitoring import read_prediction_log
 from mlops_nb.onnx_export import onnx_predict, ort_session
 from mlops_nb.products import read_json
 from mlops_nb.registry import champion
-from mlops_nb.research.data import read_snapshot
 from mlops_nb.research.model import load_model, predict_proba, weights_sha256
 from mlops_nb.serving.bento import CARD, served
 from mlops_nb.serving.scoring import occlusion
@@ -35,14 +34,6 @@ def bento_model(built_project):
                          env=project_env(built_project), capture_output=True, text=True, check=True).stdout
     path = Path(out.strip().splitlines()[-1])
     return json.loads((path / CARD).read_text()), ort_session(path / "model.onnx")
-
-
-@pytest.fixture(scope="module")
-def test_split(built_project):
-    products = built_project / "products"
-    manifest = read_json(products / "snapshot/manifest.json")
-    frame = read_snapshot(manifest["path"], manifest["sha256"]).iloc[read_json(products / "snapshot/split.json")["test"]]
-    return frame[manifest["features"]].to_numpy(np.float32), frame[manifest["target"]].to_numpy()
 
 
 def predict(url: str, rows, **kwargs) -> httpx.Response:
@@ -258,12 +249,24 @@ def test_an_unwritable_prediction_log_drops_records_never_requests(built_project
     assert log.read_text().count("dropping records because writing failed") == 1
 
 
+SCHEMATHESIS_CONFIG = """
+[checks]
+enabled = true  # every check
+
+# an Open Inference Protocol tensor's shape must match its data, which JSON Schema cannot say: a request valid by
+# the schema may be refused, so that one check is off for these operations
+[[operations]]
+include-path-regex = "/infer$"
+checks.positive_data_acceptance.enabled = false
+"""
+
+
 def test_schemathesis_finds_no_contract_failure_in_the_served_bento(server, tmp_path):
     url, _, _ = server
+    (tmp_path / "schemathesis.toml").write_text(SCHEMATHESIS_CONFIG)
     result = subprocess.run(
-        [str(BIN / "schemathesis"), "run", f"{url}/docs.json", "--checks", "all", "--max-examples", "500",
-         "--max-failures", "5", "--request-timeout", "20", "--suppress-health-check", "all", "--no-color",
-         "--generation-database", "none"],
+        [str(BIN / "schemathesis"), "run", f"{url}/docs.json", "--max-examples", "100", "--max-failures", "5",
+         "--request-timeout", "20", "--suppress-health-check", "all", "--no-color", "--generation-database", "none"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=project_env(tmp_path))
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
 

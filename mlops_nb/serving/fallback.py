@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
-import orjson
 
+from mlops_nb.serving.codecs import Refused
 from mlops_nb.serving.scoring import ScoringCore
 
 __all__ = ["ModelFailed", "Fallback"]
@@ -69,10 +69,11 @@ class Fallback:
             raise ModelFailed("error", f"{type(error).__name__}: {error}") from error
         return _finite(probabilities)
 
-    def answer(self, failure: ModelFailed, core: ScoringCore, rows: list, features: np.ndarray, request_id: str,
-               started: float, subject: str | None = None) -> tuple[int, bytes, list]:
-        """The HTTP answer (status, body, headers) for a request whose routed `core` failed: the backup's, marked by
-        an `X-Fallback` header and a `fallback` field, or a 503 `model_failed` with the reason. Logged and counted."""
+    def rescue(self, failure: ModelFailed, core: ScoringCore, rows, features: np.ndarray, request_id: str,
+               started: float, subject: str | None = None) -> tuple[ScoringCore, np.ndarray, dict]:
+        """For a request whose routed `core` failed: the backup's core, its probabilities and what to tell the client
+        (reason, failed and answering versions); `Refused` 503 `model_failed` naming the reason when no backup
+        answers. Logged and counted either way."""
         failed = core.card.model_version
         logger.warning("version %s failed on request %s (%s)", failed, request_id, failure)
         answered_by, probabilities = self.backup, None
@@ -92,14 +93,10 @@ class Fallback:
         if answered_by is None:
             why = ("the previous champion failed too" if self.backup else
                    "[serving] fallback = error, or no previous champion was bundled")
-            return 503, orjson.dumps({"error": "model_failed", "reason": failure.reason, "failed_version": failed,
-                                      "message": f"version {failed} failed ({failure}); no fallback answered: {why}",
-                                      "request_id": request_id}), []
-        version = answered_by.card.model_version
-        body = {**answered_by.answer(probabilities, request_id),
-                "fallback": {"reason": failure.reason, "failed_version": failed, "answered_by": version}}
-        header = f"{failure.reason}; failed-version={failed}; answered-by={version}"
-        return 200, orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), [(b"x-fallback", header.encode())]
+            raise Refused(503, "model_failed", f"version {failed} failed ({failure}); no fallback answered: {why}",
+                          details={"reason": failure.reason, "failed_version": failed})
+        return answered_by, probabilities, {"reason": failure.reason, "failed_version": failed,
+                                            "answered_by": answered_by.card.model_version}
 
 
 def _finite(probabilities: np.ndarray) -> np.ndarray:

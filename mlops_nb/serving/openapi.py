@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import get_args
 
-from mlops_nb.contracts import ModelCard, PredictionRecord
+from mlops_nb.contracts import PredictionRecord
+from mlops_nb.serving.open_inference import LABEL
 
 __all__ = ["openapi_document"]
 
@@ -24,18 +25,117 @@ ERROR = {"type": "object", "required": ["error", "message"], "properties": {
             "row": {"type": "integer", "nullable": True}}}}}}
 
 
-def _errors(*codes: int) -> dict:
+V2_ERROR = {"type": "object", "required": ["error"], "additionalProperties": False,
+            "properties": {"error": {"type": "string"}}}
+
+
+def _errors(*codes: int, shape: str = "Error") -> dict:
     words = {400: "invalid JSON or rows (the field is named)", 401: "missing or wrong API key",
-             413: "body larger than [serving] max_body_bytes", 415: "body not sent as application/json",
+             404: "no such model or version is served here", 413: "body larger than [serving] max_body_bytes",
+             415: "body not sent in a media type the route reads",
              501: "this version's model card has no training means (registered before /explain existed)",
              503: "overloaded or still loading: retry after Retry-After seconds; or model_failed: the model call "
                   "failed (`reason`) and no fallback answered"}
     return {str(code): {"description": words[code], "content": {"application/json": {
-        "schema": {"$ref": "#/components/schemas/Error"}}}} for code in codes}
+        "schema": {"$ref": f"#/components/schemas/{shape}"}}}} for code in codes}
 
 
-def openapi_document(card: ModelCard, *, max_rows: int, api_key: bool, title: str) -> dict:
-    """OpenAPI 3.0 for `POST /predict`, `POST /explain` and `GET /model/metadata` of `card`'s model."""
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _protocol_paths(core, row: dict, max_rows: int, secured: list, protected: tuple) -> dict:
+    """MLflow's scoring protocol and the Open Inference Protocol v2, over the same rows and checks as /predict."""
+    card, outputs = core.card, [core.output_names[0], LABEL]
+    rows = {"type": "array", "minItems": 1, "maxItems": max_rows, "items": row}
+    params = {"description": "accepted and ignored, as MLflow ignores them for this model"}
+    split = {"type": "object", "required": ["data"], "additionalProperties": False, "properties": {
+        "columns": {"type": "array", "nullable": True, "minItems": card.n_features, "maxItems": card.n_features,
+                    "description": "names, taken by position as MLflow takes them; the features' own names in another "
+                                   "order are refused"},
+        "index": {"description": "row labels, ignored"}, "data": rows}}
+    records = {"type": "array", "minItems": 1, "maxItems": max_rows, "items": {
+        "type": "object", "required": card.features, "additionalProperties": False,
+        "properties": {name: row["items"] for name in card.features}}}
+    schemas = {"instances": rows, "inputs": rows, "dataframe_split": split, "dataframe_records": records}
+    formats = [{"type": "object", "required": [key], "properties": {key: schema, "params": params},
+                "not": {"anyOf": [{"required": [other]} for other in schemas if other != key]}}
+               for key, schema in schemas.items()]
+    n_classes = len(card.classes)
+    label = "INT64" if isinstance(card.classes[0], int) else "BYTES"
+    tensor = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+        "name": {"type": "string"}, "datatype": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}}, "data": {"type": "array"},
+        "parameters": {"type": "object"}}}
+    infer_request = {"type": "object", "required": ["inputs"], "properties": {
+        "id": {"description": "echoed in the answer"}, "parameters": {"type": "object"},
+        "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
+            "type": "object", "required": ["name", "datatype", "shape", "data"], "properties": {
+                "name": {"type": "string", "enum": [core.input_name]}, "datatype": {"type": "string", "enum": ["FP32"]},
+                "shape": {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "integer", "minimum": 1,
+                                                                                    "maximum": max_rows}},
+                "parameters": {"type": "object"}, "data": rows}}},
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string", "enum": outputs}, "parameters": {"type": "object"}}}}}}
+    infer_answer = {"type": "object", "required": ["model_name", "outputs"], "properties": {
+        "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+        "parameters": {"type": "object"}, "outputs": {"type": "array", "items": tensor}}}
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": [card.model_name]}}
+    version = {"name": "version", "in": "path", "required": True,
+               "schema": {"type": "string", "enum": [str(card.model_version)]}}
+    v2_errors = {"404": _errors(404, shape="V2Error")["404"]}
+    metadata = {"get": {"summary": "the model's tensors (Open Inference Protocol v2)", "security": secured,
+                        "responses": {"200": _json({"type": "object", "required": ["name", "inputs", "outputs"],
+                                                    "properties": {"name": {"type": "string"}}}, "model metadata"),
+                                      **v2_errors, **_errors(*protected, 503, shape="V2Error")}}}
+    ready = {"get": {"summary": "whether the model answers", "security": secured,
+                     "responses": {"200": _json({"type": "object", "required": ["name", "ready"]}, "ready"),
+                                   **v2_errors, **_errors(*protected, 503, shape="V2Error")}}}
+    infer = {"post": {
+        "summary": f"classify rows: input `{core.input_name}` FP32 [rows, {card.n_features}] (JSON, or binary "
+                   f"with the Inference-Header-Content-Length header); outputs `{outputs[0]}` FP32 "
+                   f"[rows, {n_classes}] and `{LABEL}` {label} [rows]", "security": secured,
+        "requestBody": {"required": True, "content": {"application/json": {"schema": infer_request}}},
+        "responses": {"200": _json(infer_answer, "the requested outputs"), **v2_errors,
+                      **_errors(400, *protected, 413, 415, 503, shape="V2Error")}}}
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    probe = {"get": {"summary": "MLflow's health probe: 200 once the model is loaded (no key)", "responses": {
+        "200": {"description": "loaded", "content": text}, **_errors(503, shape="MlflowError")}}}
+    health = {"get": {"summary": "200 while the process runs", "responses": {"200": _json(
+        {"type": "object", "required": ["live"]}, "live")}}}
+    return {
+        "/invocations": {"post": {
+            "operationId": "invocations", "security": secured,
+            "summary": "MLflow's scoring protocol, as `mlflow models serve` has it: one of dataframe_split, "
+                       "dataframe_records, instances, inputs (JSON; other keys are ignored, as MLflow ignores "
+                       "them), or text/csv: a header line, then one line of values per row",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": formats}}}},
+            "responses": {"200": _json({"type": "object", "required": ["predictions"], "properties": {
+                "predictions": {"type": "object", "additionalProperties": {"type": "array", "items": {
+                    "type": "array", "items": {"type": "number"}}}}}}, "class probabilities by output name"),
+                **_errors(400, *protected, 413, 415, 503, shape="MlflowError")}}},
+        "/ping": probe, "/health": probe,
+        "/version": {"get": {"summary": "the served model's name/version, as text", "responses": {
+            "200": {"description": "name/version", "content": text}, **_errors(503, shape="MlflowError")}}},
+        "/v2": {"get": {"summary": "server metadata (Open Inference Protocol v2)", "responses": {
+            "200": _json({"type": "object", "required": ["name", "version", "extensions"]}, "server metadata"),
+            **_errors(503, shape="V2Error")}}},
+        "/v2/health/live": health,
+        "/v2/health/ready": {"get": {"summary": "200 once the model is loaded", "responses": {
+            "200": _json({"type": "object", "required": ["ready"]}, "ready"), **_errors(503, shape="V2Error")}}},
+        "/v2/models/{name}": {"parameters": [name], **metadata},
+        "/v2/models/{name}/versions/{version}": {"parameters": [name, version], **metadata},
+        "/v2/models/{name}/ready": {"parameters": [name], **ready},
+        "/v2/models/{name}/versions/{version}/ready": {"parameters": [name, version], **ready},
+        "/v2/models/{name}/infer": {"parameters": [name], **infer},
+        "/v2/models/{name}/versions/{version}/infer": {"parameters": [name, version], **infer},
+    }
+
+
+def openapi_document(core, *, max_rows: int, api_key: bool, title: str) -> dict:
+    """OpenAPI 3.0 for `card`'s model: `POST /predict`, `POST /explain`, `GET /model/metadata`, and the same rows
+    over MLflow's scoring protocol and the Open Inference Protocol v2 (`core`: the served ScoringCore)."""
+    card = core.card
     row = {"type": "array", "minItems": card.n_features, "maxItems": card.n_features,
            "description": f"raw values of the {card.n_features} features, in order: {', '.join(card.features[:8])}"
                           + (", ..." if card.n_features > 8 else ""),
@@ -96,8 +196,11 @@ def openapi_document(card: ModelCard, *, max_rows: int, api_key: bool, title: st
                     "application/json": {"schema": {"type": "object", "required": ["model_name", "provider"],
                                                     "properties": {"model_name": {"type": "string"},
                                                                    "provider": {"type": "string"}}}}}},
-                    **_errors(*protected, 503)}}}},
+                    **_errors(*protected, 503)}}},
+            **_protocol_paths(core, row, max_rows, secured, protected)},
         "components": {"schemas": {"PredictRequest": request, "PredictResponse": response,
-                                   "ExplainResponse": explained, "Error": ERROR},
+                                   "ExplainResponse": explained, "Error": ERROR, "V2Error": V2_ERROR,
+                                   "MlflowError": {**ERROR, "required": ["error_code", "message"], "properties": {
+                                       "error_code": {"type": "string"}, **ERROR["properties"]}}},
                        **({"securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}}} if api_key else {})},
     }

@@ -70,47 +70,55 @@ def row_reasons(array: np.ndarray, *, features: list[str], low: float, high: flo
             for i, j in zip(rows[first], columns[first])}
 
 
-def _row_errors(rows: list, *, n_features: int, low: float, high: float) -> list[RowError]:
+def _row_errors(rows: list, *, n_features: int, low: float, high: float, field: str) -> list[RowError]:
     """Every problem, row by row (the slow path, taken only for a request that fails the fast check)."""
     errors = []
     for i, row in enumerate(rows):
         if not isinstance(row, list):
-            errors.append(RowError(f"instances[{i}]", f"must be a list of {n_features} numbers", i))
+            errors.append(RowError(f"{field}[{i}]", f"must be a list of {n_features} numbers", i))
         elif len(row) != n_features:
-            errors.append(RowError(f"instances[{i}]", f"has {len(row)} values; expected {n_features}", i))
+            errors.append(RowError(f"{field}[{i}]", f"has {len(row)} values; expected {n_features}", i))
         else:
-            errors += [RowError(f"instances[{i}][{j}]", reason, i) for j, value in enumerate(row)
+            errors += [RowError(f"{field}[{i}][{j}]", reason, i) for j, value in enumerate(row)
                        if (reason := _value_reason(value, low, high))]
         if len(errors) >= MAX_REASONS:
             break
     return errors[:MAX_REASONS]
 
 
+def _numeric(rows: list) -> np.ndarray | None:
+    try:
+        return np.array(rows, dtype=np.float64)
+    except (ValueError, TypeError):
+        return None
+
+
 def validate_rows(rows, *, n_features: int, low: float, high: float, max_rows: int,
-                  numbers_only: bool = False) -> np.ndarray:
-    """Rows of raw feature values as a float32 array; `InvalidInput` with per-row reasons otherwise.
+                  numbers_only: bool = False, field: str = "instances") -> np.ndarray:
+    """Rows of raw feature values (a list of rows, or a numeric array) as a float32 array; `InvalidInput` with
+    per-row reasons, each naming its place under `field`, otherwise.
 
     `numbers_only` says the caller has established that the rows hold nothing but lists and numbers (no strings,
     booleans or nulls, which numpy would convert): the whole request is then checked at once, and only a request
     that fails is examined row by row. Otherwise every value is checked.
     """
-    if not isinstance(rows, list):
-        raise InvalidInput([RowError("instances", f"must be a list of rows, got {type(rows).__name__}")])
+    array = rows if isinstance(rows, np.ndarray) else None
+    if array is None and not isinstance(rows, list):
+        raise InvalidInput([RowError(field, f"must be a list of rows, got {type(rows).__name__}")])
     if not 1 <= len(rows) <= max_rows:
-        raise InvalidInput([RowError("instances", f"holds {len(rows)} rows; send 1 to {max_rows} "
-                                                  "([serving] max_rows_per_request)")])
-    if numbers_only:
-        try:
-            array = np.array(rows, dtype=np.float64)
-        except (ValueError, TypeError):
-            array = None
-        if array is not None and array.ndim == 2 and array.shape[1] == n_features:
-            if ((array >= low) & (array <= high)).all():  # NaN compares false
-                return array.astype(np.float32)
-            bad = zip(*(indices[:MAX_REASONS] for indices in _bad_values(array, low, high)))
-            raise InvalidInput([RowError(f"instances[{i}][{j}]", _number_reason(float(array[i, j]), low, high),
-                                         int(i)) for i, j in bad])
-    if errors := _row_errors(rows, n_features=n_features, low=low, high=high):
+        raise InvalidInput([RowError(field, f"holds {len(rows)} rows; send 1 to {max_rows} "
+                                            "([serving] max_rows_per_request)")])
+    if array is None and numbers_only:
+        array = _numeric(rows)
+    if array is not None and array.ndim == 2 and array.shape[1] == n_features:
+        if ((array >= low) & (array <= high)).all():  # NaN compares false
+            return array.astype(np.float32, copy=False)
+        bad = zip(*(indices[:MAX_REASONS] for indices in _bad_values(array, low, high)))
+        raise InvalidInput([RowError(f"{field}[{i}][{j}]", _number_reason(float(array[i, j]), low, high),
+                                     int(i)) for i, j in bad])
+    if isinstance(rows, np.ndarray):
+        raise InvalidInput([RowError(field, f"has shape {list(rows.shape)}; expected [rows, {n_features}]")])
+    if errors := _row_errors(rows, n_features=n_features, low=low, high=high, field=field):
         raise InvalidInput(errors)
     return np.asarray(rows, dtype=np.float32)
 
@@ -146,10 +154,11 @@ class ScoringCore:
         self.output_names = [self.session.get_outputs()[0].name]
         self.classes = np.asarray(card.classes)  # output index -> class label, as the training data had it
 
-    def validate(self, rows, *, numbers_only: bool = False) -> np.ndarray:
+    def validate(self, rows, *, numbers_only: bool = False, field: str = "instances") -> np.ndarray:
         """`validate_rows` with this model's contract."""
         return validate_rows(rows, n_features=self.card.n_features, low=self.card.feature_min,
-                             high=self.card.feature_max, max_rows=self.max_rows, numbers_only=numbers_only)
+                             high=self.card.feature_max, max_rows=self.max_rows, numbers_only=numbers_only,
+                             field=field)
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Class probabilities for validated raw rows (float32)."""

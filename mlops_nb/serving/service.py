@@ -135,7 +135,7 @@ class ModelService:
                                        max_latency_ms=SERVING.max_latency_ms)
         endpoint.fallback = Fallback(self.previous, budget_ms=SERVING.fallback_budget_ms, log=self.log,
                                      on_outcome=lambda reason, outcome: metrics.fallback.labels(reason, outcome).inc())
-        endpoint.openapi = openapi_document(card, max_rows=SERVING.max_rows_per_request,
+        endpoint.openapi = openapi_document(self.core, max_rows=SERVING.max_rows_per_request,
                                             api_key=endpoint.api_key is not None, title=SERVING.service_name)
         endpoint.log, endpoint.metrics, endpoint.core, endpoint.shadow = self.log, metrics, self.core, self.shadow
         endpoint.router = self.router
