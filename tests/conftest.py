@@ -108,16 +108,20 @@ def server(built_project, tmp_path_factory):
         yield url, log, predictions
 
 
-@pytest.fixture(scope="session")
-def test_split(built_project):
-    """(features as float32, labels) of the built project's test split."""
+def split_frame(root: Path):
+    """The test split of the build at `root` as a DataFrame, and the snapshot's manifest."""
     from mlops_nb.products import read_json
     from mlops_nb.research.data import read_snapshot
 
-    products = built_project / "products"
-    manifest = read_json(products / "snapshot/manifest.json")
-    test = read_json(products / "snapshot/split.json")["test"]
-    frame = read_snapshot(manifest["path"], manifest["sha256"]).iloc[test]
+    manifest = read_json(root / "products/snapshot/manifest.json")
+    test = read_json(root / "products/snapshot/split.json")["test"]
+    return read_snapshot(manifest["path"], manifest["sha256"]).iloc[test], manifest
+
+
+@pytest.fixture(scope="session")
+def test_split(built_project):
+    """(features as float32, labels) of the built project's test split."""
+    frame, manifest = split_frame(built_project)
     return frame[manifest["features"]].to_numpy(np.float32), frame[manifest["target"]].to_numpy()
 
 

@@ -9,13 +9,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import BIN, project_env
+from conftest import BIN, project_env, split_frame
 
 import mlops_nb.batch
 from mlops_nb.batch import BatchInputError, predict_file
-from mlops_nb.products import read_json
 from mlops_nb.registry import RegistryError, champion
-from mlops_nb.research.data import read_snapshot
 from mlops_nb.settings import load_settings
 
 COPIES = 8  # the 270-row test split, repeated: a few thousand rows, several chunks
@@ -25,10 +23,7 @@ RANGE = "is outside the allowed range [0.0, 16.0]"
 @pytest.fixture(scope="module")
 def table(built_project):
     """The test split repeated COPIES times with an `id` column first and the target last; the feature names."""
-    products = built_project / "products"
-    manifest = read_json(products / "snapshot/manifest.json")
-    test = read_json(products / "snapshot/split.json")["test"]
-    frame = read_snapshot(manifest["path"], manifest["sha256"]).iloc[test]
+    frame, manifest = split_frame(built_project)
     frame = pd.concat([frame[manifest["features"] + [manifest["target"]]]] * COPIES, ignore_index=True)
     frame.insert(0, "id", [f"r{i}" for i in range(len(frame))])
     return frame, manifest["features"]
