@@ -120,8 +120,14 @@ def _predict(args) -> int:
     from mlops_nb.batch import BatchInputError, predict_file
 
     try:
-        summary = predict_file(args.input, args.output, version=args.model, rejected=args.rejected,
-                               chunk_rows=args.chunk_rows)
+        if args.engine == "spark":  # pyspark is the optional `spark` extra: imported only when asked for
+            from mlops_nb.spark import predict_with_spark
+
+            summary = predict_with_spark(args.input, args.output, version=args.model, rejected=args.rejected,
+                                         master=args.spark_master)
+        else:
+            summary = predict_file(args.input, args.output, version=args.model, rejected=args.rejected,
+                                   chunk_rows=args.chunk_rows)
     except BatchInputError as error:
         print(f"mlops-nb predict: {error}", file=sys.stderr)
         return 2
@@ -615,6 +621,11 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--rejected", type=Path, help="rejected rows (default: OUTPUT's <stem>.rejected.<ext>)")
     predict.add_argument("--chunk-rows", type=int, default=65536, help="rows read and scored at a time (about, "
                                                                         "for CSV; default 65536)")
+    predict.add_argument("--engine", choices=("local", "spark"), default="local",
+                         help="local: this process, in chunks (default); spark: a Spark job (the `spark` extra), "
+                              "writing OUTPUT and the rejected rows as folders of part files")
+    predict.add_argument("--spark-master", help="with --engine spark: the master URL (default: what spark-submit "
+                                                "set, else local[*])")
     predict.add_argument("--json", action="store_true", help="the summary as JSON")
     predict.set_defaults(run=_predict)
     commands.add_parser("settings", help="print the validated settings").set_defaults(run=_settings)

@@ -143,12 +143,13 @@ def occlusion(score, features: np.ndarray, baseline: np.ndarray) -> tuple[np.nda
 class ScoringCore:
     """One model version, loaded once per process: validates, scores and answers; routes are codecs over it."""
 
-    def __init__(self, model_dir: Path | str, card: ModelCard, *, device: str = "cpu", max_rows: int = 1024):
+    def __init__(self, model_dir: Path | str, card: ModelCard, *, device: str = "cpu", max_rows: int = 1024,
+                 threads: int | None = None):
         from mlops_nb.onnx_export import ort_session
 
         self.card = card
         self.max_rows = max_rows
-        self.session = ort_session(Path(model_dir) / "model.onnx", device)
+        self.session = ort_session(Path(model_dir) / "model.onnx", device, threads=threads)
         self.provider = self.session.get_providers()[0]
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [self.session.get_outputs()[0].name]
