@@ -7,6 +7,7 @@ import hashlib
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +26,13 @@ _CORES: dict[str, object] = {}  # ONNX SHA-256 -> this executor process's Scorin
 
 @dataclass(frozen=True)
 class SparkScored:
-    """One scoring pass (persisted: it is computed once, whichever output is read first). `scored`: the input's
-    columns plus label, confidence, p_<class> and model_version; `rejected`: the input's columns plus `reason`."""
+    """One scoring pass, evaluated when an output is read. `scored`: the input's columns plus label, confidence,
+    p_<class> and model_version; `rejected`: the input's columns plus `reason`. Reading both scores twice unless
+    `all` is persisted first (as `predict_with_spark` does)."""
 
-    all: object  # pyspark.sql.DataFrame
+    all: object  # pyspark.sql.DataFrame: the input's columns, the added ones, and `reason`
     card: ModelCard
+    input_columns: list[str]
 
     @property
     def scored(self):
@@ -42,17 +45,6 @@ class SparkScored:
         from pyspark.sql import functions as F
 
         return self.all.where(F.col(REASON).isNotNull()).select(*self.input_columns, REASON)
-
-    @property
-    def input_columns(self) -> list[str]:
-        return [c for c in self.all.columns if c not in self.added]
-
-    @property
-    def added(self) -> list[str]:
-        return ["label", "confidence", *(f"p_{c}" for c in self.card.classes), "model_version", REASON]
-
-    def unpersist(self) -> None:
-        self.all.unpersist()
 
 
 def spark_session(master: str | None = None, app: str = "mlops-nb predict"):
@@ -88,8 +80,8 @@ def _features(batch: pd.DataFrame, names: list[str]) -> np.ndarray:
 
 
 def _scored_batches(batches, model, card_json: str):
-    """`mapInPandas`' function: each Arrow batch validated with the service's `row_reasons`, its valid rows scored
-    by the executor's ScoringCore, returned with the added columns (null where they do not apply)."""
+    """The pandas UDF's body: each Arrow batch of feature columns validated with the service's `row_reasons`, its
+    valid rows scored by the executor's ScoringCore; the added columns (null where they do not apply)."""
     from mlops_nb.serving.scoring import row_reasons
 
     core = None
@@ -103,14 +95,11 @@ def _scored_batches(batches, model, card_json: str):
         probabilities = np.full((len(batch), len(card.classes)), np.nan, np.float32)
         if good.any():
             probabilities[good] = core.score(array[good].astype(np.float32))
-        out = batch.copy()
         labels = core.classes[np.nan_to_num(probabilities).argmax(axis=1)]
-        out["label"] = pd.array(labels, dtype="Int64" if labels.dtype.kind in "iu" else "string")
-        out.loc[~good, "label"] = pd.NA
-        out["confidence"] = probabilities.max(axis=1)
-        for c, name in enumerate(card.classes):
-            out[f"p_{name}"] = probabilities[:, c]
-        out["model_version"] = np.where(good, str(card.model_version), None)
+        labels = pd.Series(labels, dtype="Int64" if labels.dtype.kind in "iu" else "string").where(good, pd.NA)
+        out = pd.DataFrame({"label": labels, "confidence": probabilities.max(axis=1),
+                            **{f"p_{name}": probabilities[:, c] for c, name in enumerate(card.classes)},
+                            "model_version": np.where(good, str(card.model_version), None)})
         why = np.full(len(batch), None, dtype=object)
         why[list(reasons)] = list(reasons.values())
         out[REASON] = why
@@ -120,7 +109,9 @@ def _scored_batches(batches, model, card_json: str):
 def score_dataframe(frame, *, version: str = CHAMPION, settings: Settings | None = None) -> SparkScored:
     """Score a Spark DataFrame holding the model's feature columns with a registered version (default: the
     champion): its ONNX bytes are broadcast once and scored on the executors by the service's ScoringCore, with
-    its validation. The result is persisted until `unpersist()`."""
+    its validation, in a pandas UDF over the feature columns (Arrow batches)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.functions import pandas_udf
     from pyspark.sql.types import FloatType, LongType, StringType, StructField, StructType
 
     settings = settings or load_settings()
@@ -134,14 +125,20 @@ def score_dataframe(frame, *, version: str = CHAMPION, settings: Settings | None
                                              *(f"p_{c}" for c in card.classes)}):
         raise ValueError(f"the DataFrame already has columns the scorer adds: {', '.join(taken)}")
     label = LongType() if isinstance(card.classes[0], int) else StringType()
-    schema = StructType([*frame.schema.fields, StructField("label", label), StructField("confidence", FloatType()),
-                         *(StructField(f"p_{c}", FloatType()) for c in card.classes),
-                         StructField("model_version", StringType()), StructField(REASON, StringType())])
+    added = StructType([StructField("label", label), StructField("confidence", FloatType()),
+                        *(StructField(f"p_{c}", FloatType()) for c in card.classes),
+                        StructField("model_version", StringType()), StructField(REASON, StringType())])
     broadcast = frame.sparkSession.sparkContext.broadcast(model)
     card_json = card.model_dump_json()
-    scored = frame.mapInPandas(lambda batches: _scored_batches(batches, broadcast, card_json), schema)
-    return SparkScored(scored.persist(), card)
 
+    @pandas_udf(added)
+    def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        return _scored_batches(batches, broadcast, card_json)
+
+    result = "__mlops_nb_result"  # only the feature columns go to Python; the others stay in the JVM
+    once = predict.asNondeterministic()  # evaluated once per row: the filters on `reason` cannot copy it
+    scored = frame.withColumn(result, once(F.struct(*[F.col(f"`{name}`") for name in card.features])))
+    return SparkScored(scored.select("*", f"{result}.*").drop(result), card, list(frame.columns))
 
 def predict_with_spark(input: Path | str, output: Path | str, *, version: str = CHAMPION,
                        settings: Settings | None = None, rejected: Path | str | None = None,
@@ -166,6 +163,7 @@ def predict_with_spark(input: Path | str, output: Path | str, *, version: str = 
         result = score_dataframe(frame, version=version, settings=settings)
     except ValueError as error:
         raise BatchInputError(f"{input}: {error}") from None
+    result.all.persist()  # one scoring pass for both outputs
     try:
         for rows, path in ((result.scored, output), (result.rejected, rejected)):
             writer = rows.write.mode("errorifexists")
@@ -173,7 +171,7 @@ def predict_with_spark(input: Path | str, output: Path | str, *, version: str = 
                 str(path))
         scored, n_rejected = result.scored.count(), result.rejected.count()
     finally:
-        result.unpersist()
+        result.all.unpersist()
     return BatchSummary(model_version=str(result.card.model_version), rows=scored + n_rejected, scored=scored,
                         rejected=n_rejected, seconds=time.perf_counter() - started, output=Path(output),
                         rejected_path=Path(rejected))
