@@ -21,7 +21,7 @@ NUMBERS = {int, float}
 
 
 def _label_type(core) -> str:
-    return "INT64" if np.issubdtype(core.classes.dtype, np.integer) else "BYTES"
+    return "INT64" if core.classes.dtype.kind in "iu" else "BYTES"
 
 
 def model_metadata(core) -> dict:
