@@ -12,7 +12,7 @@ import orjson
 
 from mlops_nb.serving.codecs import Refused, Rows, json_payload
 
-__all__ = ["MODEL_PATH", "LABEL", "V2Codec", "model_metadata"]
+__all__ = ["MODEL_PATH", "LABEL", "V2Codec", "label_datatype", "model_metadata"]
 
 MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?")
 HEADER_LENGTH = b"inference-header-content-length"  # the binary extension: the JSON part's length in bytes
@@ -20,8 +20,9 @@ LABEL = "label"
 NUMBERS = {int, float}
 
 
-def _label_type(core) -> str:
-    return "INT64" if np.issubdtype(core.classes.dtype, np.integer) else "BYTES"
+def label_datatype(core) -> str:
+    """The v2 datatype of the label output: INT64 for integer classes, else BYTES."""
+    return "INT64" if core.classes.dtype.kind in "iu" else "BYTES"
 
 
 def model_metadata(core) -> dict:
@@ -30,7 +31,7 @@ def model_metadata(core) -> dict:
     return {"name": card.model_name, "versions": [str(card.model_version)], "platform": "onnxruntime_onnx",
             "inputs": [{"name": core.input_name, "datatype": "FP32", "shape": [-1, card.n_features]}],
             "outputs": [{"name": core.output_names[0], "datatype": "FP32", "shape": [-1, len(card.classes)]},
-                        {"name": LABEL, "datatype": _label_type(core), "shape": [-1]}]}
+                        {"name": LABEL, "datatype": label_datatype(core), "shape": [-1]}]}
 
 
 def _parameters(holder: dict, field: str) -> dict:
@@ -114,7 +115,7 @@ class V2Codec:
     def encode(self, core, probabilities: np.ndarray, request_id: str, fallback: dict | None = None,
                request: dict | None = None) -> tuple[bytes, list]:
         labels = core.classes[probabilities.argmax(axis=1)]
-        tensors = {self.outputs[0]: (probabilities, "FP32"), LABEL: (labels, _label_type(core))}
+        tensors = {self.outputs[0]: (probabilities, "FP32"), LABEL: (labels, label_datatype(core))}
         outputs, blobs = [], []
         for name, binary in request["outputs"]:
             values, datatype = tensors[name]

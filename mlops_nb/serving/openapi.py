@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import get_args
 
 from mlops_nb.contracts import PredictionRecord
-from mlops_nb.serving.open_inference import LABEL
+from mlops_nb.serving.open_inference import LABEL, label_datatype
 
 __all__ = ["openapi_document"]
 
@@ -62,7 +62,7 @@ def _protocol_paths(core, row: dict, max_rows: int, secured: list, protected: tu
                 "not": {"anyOf": [{"required": [other]} for other in schemas if other != key]}}
                for key, schema in schemas.items()]
     n_classes = len(card.classes)
-    label = "INT64" if isinstance(card.classes[0], int) else "BYTES"
+    label = label_datatype(core)
     tensor = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
         "name": {"type": "string"}, "datatype": {"type": "string"},
         "shape": {"type": "array", "items": {"type": "integer"}}, "data": {"type": "array"},
