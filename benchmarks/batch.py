@@ -74,7 +74,8 @@ def generate(settings: Settings, rows: int, bad_share: float, folder: Path) -> t
         text[name] = pc.replace_with_mask(pc.cast(pa.array(values[:, j]), pa.string()), mask, pa.array(
             [BAD_TEXT[k % len(BAD_TEXT)] for k in kind], pa.string()))
     paths = {"parquet": folder / f"rows-{rows}.parquet", "csv": folder / f"rows-{rows}.csv"}
-    pq.write_table(pa.table(numeric), paths["parquet"])
+    pq.write_table(pa.table(numeric), paths["parquet"], row_group_size=131_072)  # several row groups, as Spark and
+    # other writers make: Spark splits a file by row group (one group would be one task)
     pa_csv.write_csv(pa.table(text), paths["csv"], pa_csv.WriteOptions(quoting_style="none"))
     return paths, len(bad_rows)
 

@@ -41,8 +41,8 @@ class BatchSummary:
     scored: int
     rejected: int
     seconds: float
-    output: Path
-    rejected_path: Path
+    output: Path | str  # a Spark URI stays a string
+    rejected_path: Path | str
 
     @property
     def rows_per_s(self) -> float:

@@ -615,10 +615,11 @@ def main(argv: list[str] | None = None) -> int:
     deploy.set_defaults(run=_deploy)
     predict = commands.add_parser("predict", help="score a CSV or Parquet file with a registered version, in chunks; "
                                                   "rejected rows go to a file with their reason")
-    predict.add_argument("input", type=Path, help="rows to score: .csv or .parquet, with the model's feature columns")
-    predict.add_argument("output", type=Path, help="scored rows: .csv or .parquet (written when the run completes)")
+    # paths stay strings: with --engine spark they may be URIs (s3a://bucket/key), which Path would rewrite
+    predict.add_argument("input", help="rows to score: .csv or .parquet, with the model's feature columns")
+    predict.add_argument("output", help="scored rows: .csv or .parquet (written when the run completes)")
     predict.add_argument("--model", default="champion", help="a version number, or champion (default)")
-    predict.add_argument("--rejected", type=Path, help="rejected rows (default: OUTPUT's <stem>.rejected.<ext>)")
+    predict.add_argument("--rejected", help="rejected rows (default: OUTPUT's <stem>.rejected.<ext>)")
     predict.add_argument("--chunk-rows", type=int, default=65536, help="rows read and scored at a time (about, "
                                                                         "for CSV; default 65536)")
     predict.add_argument("--engine", choices=("local", "spark"), default="local",

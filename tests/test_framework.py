@@ -5,6 +5,7 @@ import subprocess
 
 import mlflow
 import nbformat
+import pytest
 from conftest import BIN, TEST_EPOCHS, copy_project, git_status, project_env, ran_tasks, run_build
 
 from mlops_nb.products import read_json
@@ -73,6 +74,7 @@ def _add_label_smoothing(root):
     return settings_ini
 
 
+@pytest.mark.engines  # four builds of a fresh copy: tier 1 keeps to one built project per session (DECISIONS 19)
 def test_a_new_hyperparameter_is_one_setting_one_field_and_its_use(tmp_path):
     root = copy_project(tmp_path / "project", commit=False)
     settings_ini = _add_label_smoothing(root)

@@ -56,9 +56,7 @@ def test_spark_scores_a_million_rows_as_the_single_process_scorer_and_the_served
                                                                                       tmp_path):
     path, features, broken = rows_file
     out, rejected = tmp_path / "scored.parquet", tmp_path / "scored.rejected.parquet"
-    result = subprocess.run([str(BIN / "mlops-nb"), "predict", "--engine", "spark", "--spark-master", "local[2]",
-                             str(path), str(out), "--json"], cwd=built_project, env=project_env(built_project),
-                            capture_output=True, text=True, timeout=900)
+    result = spark_predict(built_project, path, out, "--json", master="local[2]")
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads(result.stdout)
     bad_ids = np.unique(np.concatenate(list(broken.values())))
@@ -90,11 +88,49 @@ def test_spark_scores_a_million_rows_as_the_single_process_scorer_and_the_served
     assert [p["label"] for p in answer["predictions"]] == spark["label"].take(sample).to_pylist()
 
 
-def test_missing_feature_columns_and_a_taken_column_name_are_refused_before_any_output(built_project, tmp_path):
-    path = tmp_path / "few.parquet"
-    pq.write_table(pa.table({"id": [1, 2], "label": ["a", "b"]}), path)
-    result = subprocess.run([str(BIN / "mlops-nb"), "predict", "--engine", "spark", "--spark-master", "local[1]",
-                             str(path), str(tmp_path / "out.parquet")], cwd=built_project,
-                            env=project_env(built_project), capture_output=True, text=True, timeout=600)
+def spark_predict(root, *args, master="local[1]"):
+    """`mlops-nb predict --engine spark ARGS` in the project at `root`."""
+    return subprocess.run([str(BIN / "mlops-nb"), "predict", "--engine", "spark", "--spark-master", master,
+                           *map(str, args)], cwd=root, env=project_env(root), capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_bad_inputs_are_refused_with_a_message_and_no_output(built_project, tmp_path):
+    few = tmp_path / "few.parquet"
+    pq.write_table(pa.table({"id": [1, 2], "label": ["a", "b"]}), few)
+    out = tmp_path / "out.parquet"
+    result = spark_predict(built_project, few, out)
     assert result.returncode == 2 and "lacks 64 of the model's 64 feature columns" in result.stderr
-    assert not (tmp_path / "out.parquet").exists()
+    result = spark_predict(built_project, tmp_path / "none.parquet", out)
+    assert result.returncode == 2 and "none.parquet" in result.stderr and "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+    taken = tmp_path / "taken.rejected.csv"
+    taken.mkdir()
+    result = spark_predict(built_project, few, tmp_path / "taken.csv")
+    assert result.returncode == 2 and f"{taken} already exist" in result.stderr
+    assert not (tmp_path / "taken.csv").exists()
+
+
+def test_the_library_scores_a_dataframe_of_text_columns_and_names_each_bad_value(built_project):
+    from mlops_nb.spark import score_dataframe, spark_session
+
+    frame, manifest = split_frame(built_project)
+    features = manifest["features"]
+    text = frame[features].head(4).astype(int).astype(str)
+    text.iloc[1, 2], text.iloc[3, 0] = "seven", None
+    spark = spark_session("local[1]")
+    try:
+        result = score_dataframe(spark.createDataFrame(text.assign(key=range(4))),
+                                 settings=load_settings(built_project, environ={}))
+        scored = result.scored.toPandas().sort_values("key")
+        rejected = result.rejected.toPandas().sort_values("key")
+    finally:
+        spark.stop()
+    assert scored["key"].tolist() == [0, 2] and rejected["key"].tolist() == [1, 3]
+    assert rejected["reason"].tolist() == [f"{features[2]}: missing or not a number",
+                                           f"{features[0]}: missing or not a number"]
+    assert set(scored["model_version"]) == {str(result.card.model_version)}
+    probabilities = scored[[f"p_{c}" for c in result.card.classes]].to_numpy()
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+    assert scored["label"].tolist() == [result.card.classes[i] for i in probabilities.argmax(axis=1)]
