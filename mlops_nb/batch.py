@@ -3,6 +3,7 @@ service's scoring core; scored rows to one file, rejected rows with their reason
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -53,10 +54,12 @@ class BatchSummary:
                 "rows_per_s": round(self.rows_per_s, 1)}
 
 
-def rejected_path_for(output: Path | str) -> Path:
-    """The default rejected-rows file beside OUTPUT: `<stem>.rejected.<ext>`."""
-    output = Path(output)
-    return output.with_name(f"{output.stem}.rejected{output.suffix}")
+def rejected_path_for(output: Path | str) -> Path | str:
+    """The default rejected-rows file beside OUTPUT: `<stem>.rejected.<ext>`; a Path for a Path, a string for a
+    string (a Spark URI such as s3a://bucket/key, which Path would rewrite)."""
+    root, extension = os.path.splitext(str(output))
+    rejected = f"{root}.rejected{extension}"
+    return Path(rejected) if isinstance(output, Path) else rejected
 
 
 def _format(path: Path, role: str) -> str:

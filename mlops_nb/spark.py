@@ -164,12 +164,6 @@ def score_dataframe(frame, *, version: str = CHAMPION, settings: Settings | None
                        card)
 
 
-def _rejected_for(output: str) -> str:
-    """The default rejected-rows output beside OUTPUT (a path or a URI): `<stem>.rejected.<ext>`."""
-    root, extension = os.path.splitext(output)
-    return f"{root}.rejected{extension}"
-
-
 class _FileSystem:
     """The Hadoop file system Spark writes with (local, HDFS, S3...), for the checks and the clean-up."""
 
@@ -198,11 +192,11 @@ def predict_with_spark(input: Path | str, output: Path | str, *, version: str = 
     removes both. Returns the same summary as the single-process scorer, counted from the written outputs."""
     from pyspark.errors import AnalysisException
 
-    from mlops_nb.batch import BatchInputError, BatchSummary, FORMATS
+    from mlops_nb.batch import BatchInputError, BatchSummary, FORMATS, rejected_path_for
 
     started = time.perf_counter()
     input, output = str(input), str(output)
-    rejected = str(rejected) if rejected else _rejected_for(output)
+    rejected = str(rejected) if rejected else rejected_path_for(output)
     kinds = {path: FORMATS.get(os.path.splitext(path)[1].lower()) for path in (input, output, rejected)}
     if unknown := [path for path, kind in kinds.items() if kind is None]:
         raise BatchInputError(f"{', '.join(unknown)}: name .parquet or .csv paths (the extension decides the format)")
